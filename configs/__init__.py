@@ -1,0 +1,1 @@
+"""VPR task defaults, installed as the package ``dinov2_vpr.configs``."""
