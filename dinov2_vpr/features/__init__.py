@@ -1,0 +1,1 @@
+"""Backbone features: pooling of the tokens, the on-disk cache and (sharded) extraction."""

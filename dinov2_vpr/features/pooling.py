@@ -1,0 +1,40 @@
+"""What is kept of the backbone's tokens for each image, and how heads read it."""
+
+import torch
+from torch import Tensor, nn
+
+FEATURE_NAMES = ("cls", "patch_mean", "patch_gem")
+HEAD_INPUTS = {
+    "cls": ("cls",),
+    "cls+patch": ("cls", "patch_mean"),
+    "gem": ("patch_gem",),
+}
+GEM_POWER = 3.0
+
+
+def backbone_features(backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """The normalised class token, the mean of the patch tokens and their GeM (p=3), each ``(B, D)`` float32.
+
+    GeM is taken over the rectified tokens (clamped at 1e-6), as GeM requires positive values.
+    """
+    tokens = backbone.forward_features(images)
+    patches = tokens["x_norm_patchtokens"].float()
+    return {
+        "cls": tokens["x_norm_clstoken"].float(),
+        "patch_mean": patches.mean(dim=1),
+        "patch_gem": patches.clamp(min=1e-6).pow(GEM_POWER).mean(dim=1).pow(1.0 / GEM_POWER),
+    }
+
+
+def head_input(features: dict[str, Tensor], input_name: str) -> Tensor:
+    """The head's input: the named features concatenated (``cls``, ``cls+patch`` or ``gem``)."""
+    if input_name not in HEAD_INPUTS:
+        raise KeyError(f"vpr.head.input={input_name!r} is unknown; choose one of {sorted(HEAD_INPUTS)}")
+    return torch.cat([features[name] for name in HEAD_INPUTS[input_name]], dim=-1)
+
+
+def head_input_dim(embed_dim: int, input_name: str) -> int:
+    """Width of :func:`head_input` for a backbone of width ``embed_dim``."""
+    if input_name not in HEAD_INPUTS:
+        raise KeyError(f"vpr.head.input={input_name!r} is unknown; choose one of {sorted(HEAD_INPUTS)}")
+    return embed_dim * len(HEAD_INPUTS[input_name])

@@ -1,0 +1,139 @@
+"""Train the descriptor head: ``python -m dinov2_vpr.run.train --train-path ROOT --pretrained-weights W ...``.
+
+Accepts the original DINOVPR command line (``--config-file --pretrained-weights --output-dir
+--split --train-path --batch-size --use-pretrain-MLP --MLP-weight-path``) plus ``--opts key=value``.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from dinov2 import distributed
+from dinov2.eval.setup import get_args_parser as get_setup_args_parser
+from dinov2.logging import setup_logging
+from dinov2_vpr.checkpoint import load_checkpoint
+from dinov2_vpr.config import setup_vpr_config
+from dinov2_vpr.data.image_table import index_pairs
+from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_query
+from dinov2_vpr.features.pooling import head_input
+from dinov2_vpr.io import atomic_save_torch, atomic_write_text
+from dinov2_vpr.pipeline import image_features
+from dinov2_vpr.train import train_head
+
+logger = logging.getLogger("dinov2")
+
+HEAD_FILE = "head.pth"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        "Train a VPR head on frozen DINOv2 features", parents=[get_setup_args_parser(add_help=False)], add_help=add_help
+    )
+    parser.add_argument("--train-path", required=True, help="Folder whose .txt pair lists are used for training")
+    parser.add_argument("--image-root", help="Folder the list paths are relative to (default: --train-path)")
+    parser.add_argument("--split", action="store_true", help="Hold out vpr.data.val_fraction of the pairs for validation")
+    parser.add_argument("--batch-size", type=int, help="Global batch size (sets vpr.train.batch_size)")
+    parser.add_argument("--use-pretrain-MLP", action="store_true", help="Start from the head in --MLP-weight-path")
+    parser.add_argument("--MLP-weight-path", help="A head.pth (or training checkpoint) to start from")
+    parser.add_argument("--random-backbone", action="store_true", help="No weights: random backbone, for tests only")
+    parser.add_argument("--cache-dir", help="Feature cache folder (default: <output-dir>/feature_cache)")
+    parser.add_argument("--no-resume", action="store_true", help="Start afresh even if the output folder has checkpoints")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject contradictory or missing options before any work starts."""
+    if not args.pretrained_weights and not args.random_backbone:
+        raise SystemExit("error: --pretrained-weights is required (or --random-backbone, for testing only)")
+    if args.pretrained_weights and args.random_backbone:
+        raise SystemExit("error: give either --pretrained-weights or --random-backbone, not both")
+    if args.use_pretrain_MLP and not args.MLP_weight_path:
+        raise SystemExit("error: --use-pretrain-MLP needs --MLP-weight-path")
+
+
+def _options(args: argparse.Namespace) -> list[str]:
+    opts = list(args.opts or [])
+    if args.batch_size is not None:
+        opts.append(f"vpr.train.batch_size={args.batch_size}")
+    if args.cache_dir:
+        opts.append(f"vpr.features.cache_dir={Path(args.cache_dir).resolve()}")
+    return opts
+
+
+def load_head_file(path: str | Path) -> dict:
+    """A saved head (``head.pth``) or the head of a training checkpoint, as ``{"head": state, ...}``."""
+    state = load_checkpoint(path)
+    if "head" not in state:
+        raise KeyError(f"{path} holds no head (keys: {sorted(state)[:8]}); pass a head.pth written by training")
+    return state
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train and write ``head.pth`` and ``train_metrics.json`` to ``args.output_dir``; returns the metrics."""
+    check_args(args)
+    distributed.enable()
+    args.opts = _options(args)
+    cfg = setup_vpr_config(args)
+    setup_logging(args.output_dir)
+    logger.info("Command: %s", " ".join(sys.argv))
+    train_root = Path(args.train_path)
+    image_root = Path(args.image_root or args.train_path)
+    list_files = [train_root / name for name in cfg.vpr.data.train_lists] or find_pair_lists(train_root)
+    pairs, problems = read_pair_lists(list_files, image_root, skip_invalid=cfg.vpr.data.skip_invalid)
+    unlabelled = sorted({pair.source for pair in pairs if pair.label is None})
+    if unlabelled:
+        raise ValueError(f"Training needs labelled pair lists; these have no label column: {unlabelled}")
+    if args.split:
+        train_pairs, val_pairs = split_by_query(pairs, cfg.vpr.data.val_fraction, cfg.vpr.train.seed)
+        if len({pair.label for pair in val_pairs}) < 2:
+            raise ValueError(
+                f"The validation part ({len(val_pairs)} pairs) holds only one label: raise vpr.data.val_fraction "
+                f"(now {cfg.vpr.data.val_fraction}) or add pairs"
+            )
+    else:
+        logger.warning("No --split: validation (best epoch, decision threshold) uses the training pairs")
+        train_pairs, val_pairs = pairs, pairs
+    logger.info("%d training and %d validation pairs from %d lists", len(train_pairs), len(val_pairs), len(list_files))
+
+    image_paths, index = index_pairs(train_pairs + val_pairs, image_root)
+    features, embed_dim = image_features(cfg, args.pretrained_weights, image_paths, args.output_dir)
+    inputs = head_input(features, cfg.vpr.head.input)
+    initial = load_head_file(args.MLP_weight_path)["head"] if args.use_pretrain_MLP else None
+    train_index = index.subset(range(len(train_pairs)))
+    val_index = index.subset(range(len(train_pairs), len(index)))
+    result = train_head(cfg, inputs, embed_dim, train_index, val_index, args.output_dir, initial, resume=not args.no_resume)
+
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "val_average_precision": result.best_average_precision,
+        "threshold": result.threshold,
+        "num_train_pairs": len(train_pairs),
+        "num_val_pairs": len(val_pairs),
+        "skipped_problems": len(problems),
+        "history": result.history,
+    }
+    if distributed.is_main_process():
+        head_file = {
+            "head": result.head_state,
+            "threshold": result.threshold,
+            "embed_dim": embed_dim,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "pretrained_weights": args.pretrained_weights,
+            "best_epoch": result.best_epoch,
+        }
+        atomic_save_torch(head_file, Path(args.output_dir) / HEAD_FILE)
+        atomic_write_text(Path(args.output_dir) / "train_metrics.json", json.dumps(metrics, indent=2))
+        logger.info(
+            "Best epoch %d: validation AP %.4f, threshold %.4f; head written to %s",
+            result.best_epoch + 1, result.best_average_precision, result.threshold, Path(args.output_dir) / HEAD_FILE,
+        )
+    return metrics
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
