@@ -1,0 +1,1 @@
+"""Pair lists, image folders, preprocessing and synthetic data."""
