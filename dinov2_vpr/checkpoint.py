@@ -16,6 +16,7 @@ from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 logger = logging.getLogger("dinov2")
 
 LAST_POINTER = "last_checkpoint"
+TAGGED_PREFIX = "epoch_"
 
 
 class Checkpointer:
@@ -24,16 +25,27 @@ class Checkpointer:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
-    def save(self, name: str, state: dict[str, Any], tag_last: bool = True) -> Path | None:
-        """Write ``<name>.pth`` (main rank only) and, with ``tag_last``, point ``last_checkpoint`` at it."""
+    def save(self, name: str, state: dict[str, Any], tag_last: bool = True, keep_last: int = 0) -> Path | None:
+        """Write ``<name>.pth`` (main rank only) and, with ``tag_last``, point ``last_checkpoint`` at it.
+
+        With ``keep_last > 0``, older tagged checkpoints beyond the newest ``keep_last`` are removed.
+        """
         if not distributed.is_main_process():
             return None
         path = self.folder / f"{name}.pth"
         atomic_save_torch(state, path)
         if tag_last:
             atomic_write_text(self.folder / LAST_POINTER, path.name)
+            self._tagged().append(path.name)
+            while keep_last and len(self._tagged()) > keep_last:
+                (self.folder / self._tagged().pop(0)).unlink(missing_ok=True)
         logger.info("Saved checkpoint %s", path)
         return path
+
+    def _tagged(self) -> list[str]:
+        if not hasattr(self, "_tagged_names"):
+            self._tagged_names = sorted(p.name for p in self.folder.glob(f"{TAGGED_PREFIX}*.pth"))
+        return self._tagged_names
 
     def last_path(self) -> Path | None:
         """The checkpoint ``last_checkpoint`` names, or None before the first save."""

@@ -1,0 +1,1 @@
+"""Place retrieval: positions, faiss search, Recall@K and pictures of the results."""
