@@ -200,6 +200,7 @@ def train_head(
                 "history": history,
                 "config": OmegaConf.to_container(cfg),
             },
+            keep_last=train_cfg.keep_checkpoints,
         )
         distributed.barrier()
     if writer is not None:

@@ -27,3 +27,24 @@ def dinov2_reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def pairlists_dir() -> Path:
     return shared_fixture_dir("pairlists")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A random ViT-S/14 on 56x56 images with a tiny head: the whole pipeline in seconds on a CPU.
+TINY_MODEL_ARGS = ["--config-file", str(REPO_ROOT / "dinov2/configs/eval/vits14_pretrain.yaml"), "--random-backbone"]
+TINY_MODEL_OPTS = [
+    "vpr.data.image_size=[56,56]",
+    "vpr.data.num_workers=0",
+    "vpr.head.hidden_dims=[32]",
+    "vpr.head.output_dim=16",
+    "vpr.head.dropout=0.0",
+]
+
+
+@pytest.fixture(scope="session")
+def small_pair_dataset(tmp_path_factory) -> dict:
+    """A generated loop-verification dataset (16 places, 56x56 images) in the real list format."""
+    from dinov2_vpr.data.synthetic import make_pair_dataset
+
+    return make_pair_dataset(tmp_path_factory.mktemp("pair_dataset"), num_places=16, seed=0, image_size=(56, 56))
