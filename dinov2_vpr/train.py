@@ -82,11 +82,14 @@ def _all_reduce_sum(value: Tensor) -> Tensor:
     return value
 
 
-def _log_validation(writer, epoch: int, labels: np.ndarray, scores: np.ndarray, metrics: dict) -> None:
+def _log_validation(writer, epoch: int, labels: np.ndarray, scores: np.ndarray, metrics: dict, is_best: bool) -> None:
+    """Scalars and TensorBoard's interactive PR curve every epoch; the PR curve picture at each new best."""
     writer.add_scalar("val/average_precision", metrics["average_precision"], epoch)
     writer.add_scalar("val/recall_at_100_precision", metrics["recall_at_100_precision"], epoch)
     writer.add_scalar("val/best_f1", metrics["best_f1"], epoch)
-    writer.add_figure("val/pr_curve", pr_curve_figure(labels, scores, f"validation, epoch {epoch}"), epoch)
+    writer.add_pr_curve("val/pr", labels, (scores + 1) / 2, epoch)  # cosine mapped to [0, 1]
+    if is_best:
+        writer.add_figure("val/pr_curve", pr_curve_figure(labels, scores, f"validation, epoch {epoch + 1}"), epoch)
 
 
 def train_head(
@@ -178,9 +181,10 @@ def train_head(
             epoch + 1, train_cfg.epochs, record["train_loss"], metrics["average_precision"],
             metrics["recall_at_100_precision"], metrics["best_f1"], scheduler.get_last_lr()[0],
         )
+        is_best = metrics["average_precision"] > best["average_precision"]
         if writer is not None:
-            _log_validation(writer, epoch, val_labels, scores, metrics)
-        if metrics["average_precision"] > best["average_precision"]:
+            _log_validation(writer, epoch, val_labels, scores, metrics, is_best)
+        if is_best:
             best = {
                 "epoch": epoch,
                 "average_precision": metrics["average_precision"],
