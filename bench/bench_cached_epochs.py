@@ -62,8 +62,12 @@ def main() -> None:
         extraction = time.perf_counter() - start
         head.fit_input_statistics(table)  # as training does
         uncached = run_epoch(head, loss_fn, optimizer, index, encode, args.batch_size)
-        cached = min(run_epoch(head, loss_fn, optimizer, index, lambda rows: table[rows], args.batch_size) for _ in range(5))
-    print(f"ViT-S/14 224x224, {len(index)} pairs ({len(paths)} distinct images), batch {args.batch_size}, {torch.get_num_threads()} threads")
+        cached = min(
+            run_epoch(head, loss_fn, optimizer, index, lambda rows: table[rows], args.batch_size) for _ in range(5)
+        )
+    print(
+        f"ViT-S/14 224x224, {len(index)} pairs ({len(paths)} distinct images), batch {args.batch_size}, {torch.get_num_threads()} threads"
+    )
     print(f"  one-off feature extraction:        {extraction:8.2f} s")
     print(f"  epoch re-running the backbone:     {uncached:8.2f} s")
     print(f"  epoch on cached features:          {cached:8.4f} s")

@@ -60,13 +60,19 @@ def main() -> None:
         return
     results = []
     for count in (args.small, args.images):
-        output = subprocess.run([sys.executable, __file__, "--child", str(count)], check=True, capture_output=True, text=True)
+        output = subprocess.run(
+            [sys.executable, __file__, "--child", str(count)], check=True, capture_output=True, text=True
+        )
         results.append(json.loads(output.stdout.strip().splitlines()[-1]))
     print(f"ViT-S/14 224x224 random, batch 32, {torch.get_num_threads()} threads, 1 loader process")
     for result in results:
-        print(f"  {result['images']:5d} images: {result['seconds']:7.1f} s, {result['images_per_s']:5.1f} images/s, peak RSS {result['peak_rss_mib']:6.0f} MiB")
+        print(
+            f"  {result['images']:5d} images: {result['seconds']:7.1f} s, {result['images_per_s']:5.1f} images/s, peak RSS {result['peak_rss_mib']:6.0f} MiB"
+        )
     small, large = results
-    print(f"  {large['images'] / small['images']:.0f}x the images -> {large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x the peak memory")
+    print(
+        f"  {large['images'] / small['images']:.0f}x the images -> {large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x the peak memory"
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ class Checkpointer:
             return None
         path = self.folder / pointer.read_text().strip()
         if not path.exists():
-            raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist: remove {pointer} to start afresh")
+            raise FileNotFoundError(
+                f"{pointer} names {path.name}, which does not exist: remove {pointer} to start afresh"
+            )
         return path
 
     def load_last(self) -> dict[str, Any] | None:

@@ -7,8 +7,8 @@
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -77,7 +77,10 @@ def evaluate_pair_list(
         labels = np.array([pair.label for pair in pairs])
         result.update(pair_metrics(labels, scores, threshold))
         save_figure(pr_curve_figure(labels, scores, name), output_dir / f"{name}_pr_curve.png")
-        save_figure(similarity_histogram_figure(labels, scores, threshold, name), output_dir / f"{name}_similarity_histogram.png")
+        save_figure(
+            similarity_histogram_figure(labels, scores, threshold, name),
+            output_dir / f"{name}_similarity_histogram.png",
+        )
     return result
 
 

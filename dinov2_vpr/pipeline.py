@@ -1,8 +1,8 @@
 """Steps the commands share: the frozen backbone's features for a list of images, through the cache."""
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig
 from torch import Tensor
@@ -26,7 +26,9 @@ def image_features(
     """Backbone features of ``image_paths`` (encoding only what the cache lacks) and the backbone width."""
     backbone, autocast_dtype = load_backbone(cfg, pretrained_weights)
     transform = ImageTransform(cfg.vpr.data.image_size, patch_size=cfg.student.patch_size)
-    cache = FeatureCache(cache_root(cfg, output_dir), feature_settings(cfg, pretrained_weights, transform, autocast_dtype))
+    cache = FeatureCache(
+        cache_root(cfg, output_dir), feature_settings(cfg, pretrained_weights, transform, autocast_dtype)
+    )
     features = extract_features(
         backbone,
         image_paths,

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dinov2 import distributed
 import dinov2_vpr.heads  # noqa: F401  (registers the heads)
 import dinov2_vpr.losses  # noqa: F401  (registers the losses)
+from dinov2 import distributed
 from dinov2_vpr.checkpoint import Checkpointer
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.features.pooling import head_input_dim
@@ -72,7 +72,9 @@ def _learning_rate_factor(cfg: DictConfig) -> CompositeParamScheduler:
     if warmup == 0:
         return CompositeParamScheduler([CosineParamScheduler(1.0, floor)], [1.0], ["rescaled"])
     return CompositeParamScheduler(
-        [LinearParamScheduler(floor, 1.0), CosineParamScheduler(1.0, floor)], [warmup, 1 - warmup], ["rescaled", "rescaled"]
+        [LinearParamScheduler(floor, 1.0), CosineParamScheduler(1.0, floor)],
+        [warmup, 1 - warmup],
+        ["rescaled", "rescaled"],
     )
 
 
@@ -156,7 +158,9 @@ def train_head(
             reference = model(features[train_pairs.reference[local]])
             losses = loss_fn((query * reference).sum(dim=-1), train_pairs.labels[local])
             loss = losses.sum() * world_size / len(global_batch)
-            batch_loss = _all_reduce_sum(torch.stack([losses.detach().sum().double(), torch.tensor(float(len(local)), dtype=torch.float64)]))
+            batch_loss = _all_reduce_sum(
+                torch.stack([losses.detach().sum().double(), torch.tensor(float(len(local)), dtype=torch.float64)])
+            )
             if not torch.isfinite(batch_loss[0]):
                 raise FloatingPointError(
                     f"The training loss became {batch_loss[0].item()} at epoch {epoch}, step {step}: "
@@ -174,12 +178,25 @@ def train_head(
 
         scores = pair_similarities(head, features, val_pairs).numpy()
         metrics = pair_metrics(val_labels, scores)
-        record = {"epoch": epoch, "train_loss": (epoch_loss[0] / epoch_loss[1]).item(), **{f"val_{k}": v for k, v in metrics.items() if k in ("average_precision", "recall_at_100_precision", "best_f1")}}
+        record = {
+            "epoch": epoch,
+            "train_loss": (epoch_loss[0] / epoch_loss[1]).item(),
+            **{
+                f"val_{k}": v
+                for k, v in metrics.items()
+                if k in ("average_precision", "recall_at_100_precision", "best_f1")
+            },
+        }
         history.append(record)
         logger.info(
             "Epoch %d/%d: train loss %.4f, val AP %.4f, R@100P %.4f, best F1 %.4f, lr %.2e",
-            epoch + 1, train_cfg.epochs, record["train_loss"], metrics["average_precision"],
-            metrics["recall_at_100_precision"], metrics["best_f1"], scheduler.get_last_lr()[0],
+            epoch + 1,
+            train_cfg.epochs,
+            record["train_loss"],
+            metrics["average_precision"],
+            metrics["recall_at_100_precision"],
+            metrics["best_f1"],
+            scheduler.get_last_lr()[0],
         )
         is_best = metrics["average_precision"] > best["average_precision"]
         if writer is not None:
@@ -191,7 +208,9 @@ def train_head(
                 "threshold": best_f1_threshold(val_labels, scores),
                 "head": {key: value.clone() for key, value in head.state_dict().items()},
             }
-            checkpointer.save("best", {"head": best["head"], "epoch": epoch, "config": OmegaConf.to_container(cfg)}, tag_last=False)
+            checkpointer.save(
+                "best", {"head": best["head"], "epoch": epoch, "config": OmegaConf.to_container(cfg)}, tag_last=False
+            )
         checkpointer.save(
             f"epoch_{epoch:04d}",
             {

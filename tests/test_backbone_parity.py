@@ -33,7 +33,9 @@ def _outputs_max_difference(model: DinoVisionTransformer, case: dict) -> dict[st
         features = model.forward_features(inputs["a"])
         masked = model.forward_features(inputs["a"], masks=case["masks_a"])
         for key in FEATURE_KEYS:
-            differences[f"forward_features_a.{key}"] = _max_difference(features[key], expected["forward_features_a"][key])
+            differences[f"forward_features_a.{key}"] = _max_difference(
+                features[key], expected["forward_features_a"][key]
+            )
             differences[f"masked.{key}"] = _max_difference(masked[key], expected["forward_features_a_masked"][key])
         assert torch.equal(masked["masks"], case["masks_a"])
         differences["forward_b"] = _max_difference(model(inputs["b"]), expected["forward_b"])
@@ -43,7 +45,9 @@ def _outputs_max_difference(model: DinoVisionTransformer, case: dict) -> dict[st
         for index, ((patches, cls), (ref_patches, ref_cls)) in enumerate(zip(layers_a, expected["intermediate_a"])):
             differences[f"intermediate_a[{index}].patches"] = _max_difference(patches, ref_patches)
             differences[f"intermediate_a[{index}].cls"] = _max_difference(cls, ref_cls)
-        layers_b = model.get_intermediate_layers(inputs["b"], n=[0, 2], reshape=False, return_class_token=False, norm=False)
+        layers_b = model.get_intermediate_layers(
+            inputs["b"], n=[0, 2], reshape=False, return_class_token=False, norm=False
+        )
         assert len(layers_b) == len(expected["intermediate_b"])
         for index, (patches, ref_patches) in enumerate(zip(layers_b, expected["intermediate_b"])):
             differences[f"intermediate_b[{index}]"] = _max_difference(patches, ref_patches)

@@ -19,7 +19,9 @@ class CountingBackbone(torch.nn.Module):
     def __init__(self, fail_after_batches: int | None = None) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.vit = DinoVisionTransformer(img_size=56, patch_size=14, embed_dim=32, depth=1, num_heads=2, init_values=1.0)
+        self.vit = DinoVisionTransformer(
+            img_size=56, patch_size=14, embed_dim=32, depth=1, num_heads=2, init_values=1.0
+        )
         self.encoded = 0
         self.batches = 0
         self.fail_after_batches = fail_after_batches

@@ -20,7 +20,9 @@ def _separable_pairs(num_places: int = 12, dim: int = 24):
     places = torch.randn(num_places, dim)
     features = torch.cat([places + 0.3 * torch.randn_like(places), places + 0.3 * torch.randn_like(places)])
     query = torch.arange(num_places).repeat(2)
-    reference = torch.cat([torch.arange(num_places) + num_places, (torch.arange(num_places) + 1) % num_places + num_places])
+    reference = torch.cat(
+        [torch.arange(num_places) + num_places, (torch.arange(num_places) + 1) % num_places + num_places]
+    )
     labels = torch.cat([torch.ones(num_places), torch.zeros(num_places)])
     return features, PairIndex(query, reference, labels)
 
@@ -42,8 +44,15 @@ def test_every_head_gives_unit_descriptors(head_name, input_name, width):
 @pytest.mark.parametrize("loss_name", LOSS_NAMES)
 def test_every_loss_trains_a_head_that_separates_places(loss_name, tmp_path):
     features, pairs = _separable_pairs()
-    opts = [f"vpr.loss.name={loss_name}", "vpr.head.hidden_dims=[32]", "vpr.head.output_dim=16", "vpr.train.epochs=40",
-            "vpr.train.batch_size=8", "vpr.head.dropout=0.0", "vpr.train.lr=0.003"]
+    opts = [
+        f"vpr.loss.name={loss_name}",
+        "vpr.head.hidden_dims=[32]",
+        "vpr.head.output_dim=16",
+        "vpr.train.epochs=40",
+        "vpr.train.batch_size=8",
+        "vpr.head.dropout=0.0",
+        "vpr.train.lr=0.003",
+    ]
     cfg = build_vpr_config(None, opts)
     result = train_head(cfg, features, 24, pairs, pairs, tmp_path)
     head = build_head(cfg, 24)
@@ -62,7 +71,9 @@ def test_losses_pull_positives_and_push_negatives():
 
 
 def test_unknown_names_list_the_registered_ones():
-    with pytest.raises(KeyError, match=r"vpr.head.name='Transformer' is not registered; choose one of: IdentityHead, MLPHead"):
+    with pytest.raises(
+        KeyError, match=r"vpr.head.name='Transformer' is not registered; choose one of: IdentityHead, MLPHead"
+    ):
         build_head(build_vpr_config(None, ["vpr.head.name=Transformer"]), 384)
     with pytest.raises(KeyError, match="vpr.loss.name='Triplet'"):
         build_loss(build_vpr_config(None, ["vpr.loss.name=Triplet"]))

@@ -20,9 +20,19 @@ from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS
 def trained_run(small_pair_dataset, tmp_path_factory):
     output = tmp_path_factory.mktemp("trained")
     argv = [
-        *TINY_MODEL_ARGS, "--train-path", str(small_pair_dataset["train_dir"]),
-        "--image-root", str(small_pair_dataset["image_root"]), "--split", "--output-dir", str(output),
-        "--cache-dir", str(output / "cache"), "--opts", *TINY_MODEL_OPTS, "vpr.train.epochs=3",
+        *TINY_MODEL_ARGS,
+        "--train-path",
+        str(small_pair_dataset["train_dir"]),
+        "--image-root",
+        str(small_pair_dataset["image_root"]),
+        "--split",
+        "--output-dir",
+        str(output),
+        "--cache-dir",
+        str(output / "cache"),
+        "--opts",
+        *TINY_MODEL_OPTS,
+        "vpr.train.epochs=3",
     ]
     train_command.main(train_command.get_args_parser().parse_args(argv))
     return output
@@ -31,14 +41,25 @@ def trained_run(small_pair_dataset, tmp_path_factory):
 def _evaluate(dataset, output_dir, *extra, opts=()):
     lists = [*map(str, dataset["test_lists"]), str(dataset["final_list"])]
     argv = [
-        *TINY_MODEL_ARGS, "--dataset-root", str(dataset["image_root"]), "--pair-lists", *lists,
-        "--output-dir", str(output_dir), *extra, "--opts", *TINY_MODEL_OPTS, *opts,
+        *TINY_MODEL_ARGS,
+        "--dataset-root",
+        str(dataset["image_root"]),
+        "--pair-lists",
+        *lists,
+        "--output-dir",
+        str(output_dir),
+        *extra,
+        "--opts",
+        *TINY_MODEL_OPTS,
+        *opts,
     ]
     return eval_command.main(eval_command.get_args_parser().parse_args(argv))
 
 
 def test_evaluation_writes_answers_scores_metrics_and_pictures(small_pair_dataset, trained_run, tmp_path):
-    results = _evaluate(small_pair_dataset, tmp_path, "--head", str(trained_run), "--cache-dir", str(trained_run / "cache"))
+    results = _evaluate(
+        small_pair_dataset, tmp_path, "--head", str(trained_run), "--cache-dir", str(trained_run / "cache")
+    )
     threshold = torch.load(trained_run / "head.pth", weights_only=False)["threshold"]
     assert results["threshold"] == threshold
     final = small_pair_dataset["final_list"]

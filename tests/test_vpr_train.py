@@ -25,27 +25,45 @@ from .conftest import REPO_ROOT, TINY_MODEL_ARGS, TINY_MODEL_OPTS
 def _train_argv(dataset: dict, output_dir, *extra_opts: str, extra_args=()) -> list[str]:
     return [
         *TINY_MODEL_ARGS,
-        "--train-path", str(dataset["train_dir"]),
-        "--image-root", str(dataset["image_root"]),
+        "--train-path",
+        str(dataset["train_dir"]),
+        "--image-root",
+        str(dataset["image_root"]),
         "--split",
-        "--output-dir", str(output_dir),
-        "--batch-size", "8",
+        "--output-dir",
+        str(output_dir),
+        "--batch-size",
+        "8",
         *extra_args,
-        "--opts", *TINY_MODEL_OPTS, *extra_opts,
+        "--opts",
+        *TINY_MODEL_OPTS,
+        *extra_opts,
     ]
 
 
 def _train(dataset, output_dir, *extra_opts, extra_args=()):
-    args = train_command.get_args_parser().parse_args(_train_argv(dataset, output_dir, *extra_opts, extra_args=extra_args))
+    args = train_command.get_args_parser().parse_args(
+        _train_argv(dataset, output_dir, *extra_opts, extra_args=extra_args)
+    )
     return train_command.main(args)
 
 
 def test_original_command_line_is_accepted(tmp_path):
     argv = [
-        "--config-file", "dinov2/configs/eval/vitl14_pretrain.yaml",
-        "--pretrained-weights", "dinov2_vitl14_pretrain.pth",
-        "--output-dir", str(tmp_path), "--split", "--train-path", "data/train", "--batch-size", "32",
-        "--use-pretrain-MLP", "--MLP-weight-path", "head.pth",
+        "--config-file",
+        "dinov2/configs/eval/vitl14_pretrain.yaml",
+        "--pretrained-weights",
+        "dinov2_vitl14_pretrain.pth",
+        "--output-dir",
+        str(tmp_path),
+        "--split",
+        "--train-path",
+        "data/train",
+        "--batch-size",
+        "32",
+        "--use-pretrain-MLP",
+        "--MLP-weight-path",
+        "head.pth",
     ]
     args = train_command.get_args_parser().parse_args(argv)
     assert args.split and args.use_pretrain_MLP and args.MLP_weight_path == "head.pth"
@@ -61,7 +79,10 @@ def test_training_writes_head_checkpoints_and_tensorboard(small_pair_dataset, tm
     saved = json.loads((tmp_path / "train_metrics.json").read_text())
     assert saved["best_epoch"] == metrics["best_epoch"] and len(saved["history"]) == 5
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "best.pth", "epoch_0003.pth", "epoch_0004.pth", "last_checkpoint"
+        "best.pth",
+        "epoch_0003.pth",
+        "epoch_0004.pth",
+        "last_checkpoint",
     ]
     assert OmegaConf.load(tmp_path / "config.yaml").vpr.train.batch_size == 8
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
@@ -146,7 +167,14 @@ def test_training_can_start_from_a_trained_head(small_pair_dataset, tmp_path):
     _train(small_pair_dataset, tmp_path / "first", "vpr.train.epochs=3", extra_args=cache)
     first = torch.load(tmp_path / "first" / "head.pth", weights_only=False)["head"]
     start = ["--use-pretrain-MLP", "--MLP-weight-path", str(tmp_path / "first" / "head.pth"), *cache]
-    _train(small_pair_dataset, tmp_path / "second", "vpr.train.epochs=1", "vpr.train.lr=1e-20", "vpr.train.min_lr=1e-22", extra_args=start)
+    _train(
+        small_pair_dataset,
+        tmp_path / "second",
+        "vpr.train.epochs=1",
+        "vpr.train.lr=1e-20",
+        "vpr.train.min_lr=1e-22",
+        extra_args=start,
+    )
     second = torch.load(tmp_path / "second" / "head.pth", weights_only=False)["head"]
     for key, value in first.items():
         torch.testing.assert_close(second[key], value)

@@ -77,7 +77,12 @@ def test_config_merges_default_file_and_opts(tmp_path):
     config_file = tmp_path / "model.yaml"
     config_file.write_text("student:\n  arch: vit_small\n  patch_size: 14\n")
     cfg = build_config(str(config_file), ["crops.global_crops_size=518", "train.seed=7"])
-    assert (cfg.student.arch, cfg.student.patch_size, cfg.crops.global_crops_size, cfg.train.seed) == ("vit_small", 14, 518, 7)
+    assert (cfg.student.arch, cfg.student.patch_size, cfg.crops.global_crops_size, cfg.train.seed) == (
+        "vit_small",
+        14,
+        518,
+        7,
+    )
     assert cfg.student.ffn_layer == "mlp"
 
 
@@ -105,7 +110,14 @@ def test_setup_and_build_model_writes_config_and_runs_on_cpu(dinov2_reference_di
         "crops.global_crops_size=518",
     ]
     args = get_args_parser().parse_args(
-        ["--pretrained-weights", str(dinov2_reference_dir / "vit_reg4_teacher_checkpoint.pth"), "--output-dir", str(tmp_path), "--opts", *opts]
+        [
+            "--pretrained-weights",
+            str(dinov2_reference_dir / "vit_reg4_teacher_checkpoint.pth"),
+            "--output-dir",
+            str(tmp_path),
+            "--opts",
+            *opts,
+        ]
     )
     # The fixture is a 64-wide, 3-block model: shrink vit_small's width through a patched factory.
     from dinov2.models import vision_transformer

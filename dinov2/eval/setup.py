@@ -1,7 +1,7 @@
 """What every evaluation shares: the argument parser and building the frozen backbone."""
 
 import argparse
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -20,8 +20,12 @@ def get_args_parser(
 ) -> argparse.ArgumentParser:
     """``--config-file``, ``--pretrained-weights``, ``--output-dir`` and ``--opts key=value ...``."""
     parser = argparse.ArgumentParser(description=description, parents=list(parents), add_help=add_help)
-    parser.add_argument("--config-file", type=str, help="Model config file (e.g. dinov2/configs/eval/vitl14_pretrain.yaml)")
-    parser.add_argument("--pretrained-weights", type=str, help="Backbone weights (an official *_pretrain.pth or a training checkpoint)")
+    parser.add_argument(
+        "--config-file", type=str, help="Model config file (e.g. dinov2/configs/eval/vitl14_pretrain.yaml)"
+    )
+    parser.add_argument(
+        "--pretrained-weights", type=str, help="Backbone weights (an official *_pretrain.pth or a training checkpoint)"
+    )
     parser.add_argument("--output-dir", default="./output", type=str, help="Output directory to write results and logs")
     parser.add_argument("--opts", default=[], nargs="+", help="Config overrides as key=value (e.g. vpr.train.lr=0.001)")
     return parser

@@ -6,7 +6,8 @@ import os
 import sys
 import time
 from collections import defaultdict, deque
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from dinov2 import distributed
 
@@ -24,7 +25,9 @@ def setup_logging(output: str | None = None, name: str = "dinov2", level: int = 
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] %(message)s", "%Y%m%d %H:%M:%S")
+    formatter = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] %(message)s", "%Y%m%d %H:%M:%S"
+    )
     rank = distributed.get_rank()
     if rank == 0:
         console = logging.StreamHandler(stream=sys.stdout)
@@ -82,7 +85,9 @@ class MetricLogger:
     def __str__(self) -> str:
         return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
 
-    def log_every(self, iterable: Iterable[T], print_freq: int, header: str = "", n_iterations: int | None = None) -> Iterator[T]:
+    def log_every(
+        self, iterable: Iterable[T], print_freq: int, header: str = "", n_iterations: int | None = None
+    ) -> Iterator[T]:
         """Yield from ``iterable``, logging progress, metrics, throughput and ETA every ``print_freq`` items."""
         total = n_iterations if n_iterations is not None else len(iterable)  # type: ignore[arg-type]
         start = last = time.time()
@@ -96,7 +101,12 @@ class MetricLogger:
                 eta = datetime.timedelta(seconds=int(iteration_time.global_avg * (total - index - 1)))
                 self.logger.info(
                     "%s [%d/%d] eta: %s %s time: %.4f s/it",
-                    header, index + 1, total, eta, self, iteration_time.median,
+                    header,
+                    index + 1,
+                    total,
+                    eta,
+                    self,
+                    iteration_time.median,
                 )
         elapsed = datetime.timedelta(seconds=int(time.time() - start))
         self.logger.info("%s total time: %s", header, elapsed)

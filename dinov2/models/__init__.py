@@ -1,7 +1,9 @@
 """Model builders driven by the DINOv2 config."""
 
 from omegaconf import DictConfig
+
 from .vision_transformer import ARCHITECTURES, DinoVisionTransformer
+
 
 def build_model(student_cfg: DictConfig, only_teacher: bool = False, img_size: int = 224):
     """Build the backbone described by ``student_cfg`` (the ``student.*`` config section).

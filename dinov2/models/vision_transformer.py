@@ -4,8 +4,8 @@ Keyword arguments, methods, outputs and state-dict keys follow the official rele
 released ``dinov2_vit*14*_pretrain.pth`` files load strictly.
 """
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -206,7 +206,9 @@ class DinoVisionTransformer(nn.Module):
         return self.head(features["x_norm_clstoken"])
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, num_register_tokens: int, **kwargs) -> DinoVisionTransformer:
+def _vit(
+    embed_dim: int, depth: int, num_heads: int, patch_size: int, num_register_tokens: int, **kwargs
+) -> DinoVisionTransformer:
     return DinoVisionTransformer(
         patch_size=patch_size,
         embed_dim=embed_dim,

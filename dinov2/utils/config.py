@@ -4,7 +4,7 @@ import argparse
 import difflib
 import logging
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
@@ -31,7 +31,9 @@ def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictCon
         key = error.full_key or str(error.key)
         close = difflib.get_close_matches(key, _all_keys(base), n=3)
         suggestion = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown config key {key!r} in {source}.{suggestion} Valid keys are in the default configs.") from None
+        raise ValueError(
+            f"Unknown config key {key!r} in {source}.{suggestion} Valid keys are in the default configs."
+        ) from None
 
 
 def build_config(

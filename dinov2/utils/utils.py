@@ -3,7 +3,8 @@
 import logging
 import random
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,12 @@ from torch import Tensor, nn
 logger = logging.getLogger("dinov2")
 
 _SHOWN_KEYS = 5
-_ARCH_BY_WIDTH = {384: "ViT-S/14 (vits14)", 768: "ViT-B/14 (vitb14)", 1024: "ViT-L/14 (vitl14)", 1536: "ViT-g/14 (vitg14)"}
+_ARCH_BY_WIDTH = {
+    384: "ViT-S/14 (vits14)",
+    768: "ViT-B/14 (vitb14)",
+    1024: "ViT-L/14 (vitl14)",
+    1536: "ViT-g/14 (vitg14)",
+}
 _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 
 
@@ -47,7 +53,9 @@ def _read_checkpoint(pretrained_weights: str) -> Any:
 
 
 def _is_state_dict(checkpoint: Any) -> bool:
-    return isinstance(checkpoint, Mapping) and bool(checkpoint) and all(isinstance(v, Tensor) for v in checkpoint.values())
+    return (
+        isinstance(checkpoint, Mapping) and bool(checkpoint) and all(isinstance(v, Tensor) for v in checkpoint.values())
+    )
 
 
 def _extract_state_dict(checkpoint: Any, checkpoint_key: str | None, source: str) -> Mapping[str, Tensor]:
@@ -73,9 +81,13 @@ def _diagnose(model_state: Mapping[str, Tensor], checkpoint: Mapping[str, Tensor
     model_count = 0 if model_registers is None else model_registers.shape[1]
     if ckpt_count != model_count:
         if ckpt_count:
-            hints.append(f"the checkpoint has {ckpt_count} register tokens, the model {model_count}: use the `_reg4` config (e.g. vitl14_reg4_pretrain.yaml)")
+            hints.append(
+                f"the checkpoint has {ckpt_count} register tokens, the model {model_count}: use the `_reg4` config (e.g. vitl14_reg4_pretrain.yaml)"
+            )
         else:
-            hints.append(f"the checkpoint has no register tokens, the model {model_count}: use the config without `_reg4`")
+            hints.append(
+                f"the checkpoint has no register tokens, the model {model_count}: use the config without `_reg4`"
+            )
     ckpt_cls, model_cls = checkpoint.get("cls_token"), model_state.get("cls_token")
     if ckpt_cls is not None and model_cls is not None and ckpt_cls.shape[-1] != model_cls.shape[-1]:
         ckpt_arch = _ARCH_BY_WIDTH.get(ckpt_cls.shape[-1], f"width {ckpt_cls.shape[-1]}")
@@ -83,7 +95,9 @@ def _diagnose(model_state: Mapping[str, Tensor], checkpoint: Mapping[str, Tensor
         hints.append(f"the checkpoint is {ckpt_arch}, not {model_arch}: use its config")
     ckpt_patch, model_patch = checkpoint.get("patch_embed.proj.weight"), model_state.get("patch_embed.proj.weight")
     if ckpt_patch is not None and model_patch is not None and ckpt_patch.shape[-1] != model_patch.shape[-1]:
-        hints.append(f"the checkpoint has patch size {ckpt_patch.shape[-1]}, the model {model_patch.shape[-1]}: set student.patch_size")
+        hints.append(
+            f"the checkpoint has patch size {ckpt_patch.shape[-1]}, the model {model_patch.shape[-1]}: set student.patch_size"
+        )
     ckpt_pos, model_pos = checkpoint.get("pos_embed"), model_state.get("pos_embed")
     if ckpt_pos is not None and model_pos is not None and ckpt_pos.shape[1] != model_pos.shape[1]:
         hints.append(
@@ -130,7 +144,11 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoin
     ]
     if missing or unexpected or mismatched:
         lines = [f"The weights in {pretrained_weights!r} do not fit the model:"]
-        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for title, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if keys:
                 more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
                 lines.append(f"  {len(keys)} {title}: {', '.join(keys[:_SHOWN_KEYS])}{more}")

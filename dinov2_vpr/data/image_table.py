@@ -1,8 +1,8 @@
 """Pairs as rows of a table of distinct images, so that each image is encoded once."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -1,7 +1,7 @@
 """Image preprocessing with PIL and torch: RGB, resize, ImageNet mean/std."""
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

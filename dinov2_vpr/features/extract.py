@@ -2,8 +2,8 @@
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,13 +50,20 @@ def _encode_into_cache(
     done = 0
     header = f"Extracting features (rank {distributed.get_rank()}, {len(paths)} images)"
     for batch in metric_logger.log_every(loader, max(1, 200 // batch_size), header):
-        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float):
-            buffered.append({name: value.cpu() for name, value in backbone_features(backbone, batch.to(device)).items()})
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float),
+        ):
+            buffered.append(
+                {name: value.cpu() for name, value in backbone_features(backbone, batch.to(device)).items()}
+            )
         buffered_identities.extend(identities[done : done + len(batch)])
         done += len(batch)
         metric_logger.update(images_per_s=done / (time.perf_counter() - start))
         if len(buffered_identities) >= chunk_size or done == len(paths):
-            cache.write_chunk(buffered_identities, {name: torch.cat([b[name] for b in buffered]) for name in FEATURE_NAMES})
+            cache.write_chunk(
+                buffered_identities, {name: torch.cat([b[name] for b in buffered]) for name in FEATURE_NAMES}
+            )
             buffered, buffered_identities = [], []
 
 
@@ -85,11 +92,20 @@ def extract_features(
     distributed.barrier()  # every rank has decided what is missing before any writes
     if missing:
         shard = missing[rank::world_size]
-        logger.info("%d of %d images need encoding; this rank encodes %d", len(missing), len(set(identities)), len(shard))
+        logger.info(
+            "%d of %d images need encoding; this rank encodes %d", len(missing), len(set(identities)), len(shard)
+        )
         if shard:
             _encode_into_cache(
-                backbone, [path for _, path in shard], [identity for identity, _ in shard], cache,
-                transform, batch_size, num_workers, autocast_dtype, chunk_size,
+                backbone,
+                [path for _, path in shard],
+                [identity for identity, _ in shard],
+                cache,
+                transform,
+                batch_size,
+                num_workers,
+                autocast_dtype,
+                chunk_size,
             )
     else:
         logger.info("All %d images found in the feature cache %s", len(set(identities)), cache.folder)

@@ -1,6 +1,6 @@
 """Heads on frozen backbone features; every head ends in an L2-normalised descriptor."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

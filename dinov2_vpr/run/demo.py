@@ -37,22 +37,48 @@ def main(args: argparse.Namespace) -> dict:
     backbone = ["--pretrained-weights", args.pretrained_weights] if args.pretrained_weights else ["--random-backbone"]
     common = ["--config-file", str(CONFIG_FILE), *backbone, "--cache-dir", str(output / "feature_cache")]
     train_args = train_command.get_args_parser().parse_args(
-        [*common, "--train-path", str(data["train_dir"]), "--image-root", str(data["image_root"]), "--split",
-         "--output-dir", str(output / "train"), "--batch-size", "32", "--opts", f"vpr.train.epochs={args.epochs}"]
+        [
+            *common,
+            "--train-path",
+            str(data["train_dir"]),
+            "--image-root",
+            str(data["image_root"]),
+            "--split",
+            "--output-dir",
+            str(output / "train"),
+            "--batch-size",
+            "32",
+            "--opts",
+            f"vpr.train.epochs={args.epochs}",
+        ]
     )
     train_command.main(train_args)
     eval_args = eval_command.get_args_parser().parse_args(
-        [*common, "--dataset-root", str(data["image_root"]), "--head", str(output / "train"),
-         "--pair-lists", *map(str, data["test_lists"]), str(data["final_list"]), "--output-dir", str(output / "eval")]
+        [
+            *common,
+            "--dataset-root",
+            str(data["image_root"]),
+            "--head",
+            str(output / "train"),
+            "--pair-lists",
+            *map(str, data["test_lists"]),
+            str(data["final_list"]),
+            "--output-dir",
+            str(output / "eval"),
+        ]
     )
     results = eval_command.main(eval_args)
     answers = np.loadtxt(output / "eval" / f"{data['final_list'].stem}_result.txt", dtype=int)
     truth = np.loadtxt(data["final_labels"], dtype=int)
-    print(f"\nFinal list answered in {output / 'eval' / (data['final_list'].stem + '_result.txt')}: "
-          f"accuracy {np.mean(answers == truth):.3f} against the hidden labels")
+    print(
+        f"\nFinal list answered in {output / 'eval' / (data['final_list'].stem + '_result.txt')}: "
+        f"accuracy {np.mean(answers == truth):.3f} against the hidden labels"
+    )
     print(f"Everything is under {output}: train/ (head.pth, checkpoints, tensorboard), eval/ (metrics, curves)")
     if not args.pretrained_weights:
-        print("The backbone was random: these numbers only show that the pipeline runs. Use real weights for real results.")
+        print(
+            "The backbone was random: these numbers only show that the pipeline runs. Use real weights for real results."
+        )
     return results
 
 
