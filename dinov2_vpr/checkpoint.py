@@ -15,6 +15,7 @@ from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 
 logger = logging.getLogger("dinov2")
 
+HEAD_FILE = "head.pth"
 LAST_POINTER = "last_checkpoint"
 TAGGED_PREFIX = "epoch_"
 
@@ -68,3 +69,11 @@ class Checkpointer:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint saved by :class:`Checkpointer` (on the CPU)."""
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_head_file(path: str | Path) -> dict:
+    """A saved head (``head.pth``) or a training checkpoint, as ``{"head": state, ...}``."""
+    state = load_checkpoint(path)
+    if "head" not in state:
+        raise KeyError(f"{path} holds no head (keys: {sorted(state)[:8]}); pass a head.pth written by training")
+    return state

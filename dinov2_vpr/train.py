@@ -106,7 +106,7 @@ def train_head(
 ) -> TrainResult:
     """Train ``vpr.head`` with ``vpr.loss`` on pairs of rows of ``features`` (the head inputs).
 
-    Writes per-epoch checkpoints (head, optimizer, scheduler, epoch, RNG, config) and the best one by
+    Writes per-epoch checkpoints (head, optimizer, scheduler, epoch, config) and the best one by
     validation average precision under ``<output_dir>/checkpoints``, TensorBoard events under
     ``<output_dir>/tensorboard``. With ``resume``, continues from the last checkpoint found there.
 
@@ -136,7 +136,6 @@ def train_head(
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
         logger.info("Resuming from %s at epoch %d", checkpointer.last_path(), start_epoch)
 
@@ -149,6 +148,7 @@ def train_head(
     features = features.float()
     for epoch in range(start_epoch, train_cfg.epochs):
         head.train()
+        torch.manual_seed(train_cfg.seed * 1_000_000 + epoch * 1_000 + rank)  # dropout: resumable on any rank
         order = torch.randperm(len(train_pairs), generator=torch.Generator().manual_seed(train_cfg.seed * 1000 + epoch))
         epoch_loss = torch.zeros(2, dtype=torch.float64)
         for step in range(steps_per_epoch):
@@ -217,7 +217,6 @@ def train_head(
                 "head": head.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
                 "epoch": epoch,
                 "best": best,
                 "history": history,

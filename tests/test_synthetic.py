@@ -193,7 +193,7 @@ def test_sequence_revisits_match_poses(tmp_path):
     assert names == [f"{frame:06d}.jpg" for frame in range(40)]
     with open(info["poses"], newline="") as handle:
         poses = list(csv.DictReader(handle))
-    assert [row["frame"] for row in poses] == names
+    assert [row["name"] for row in poses] == names
     xy = np.array([[float(row["x"]), float(row["y"])] for row in poses])
 
     revisits = info["revisits"]
@@ -243,7 +243,7 @@ def test_sequence_positions_in_names_and_bad_sizes(tmp_path):
         poses = list(csv.DictReader(handle))
     assert len(poses) == 24
     for row in poses:
-        frame, x, y = Path(row["frame"]).stem.split("@")
+        frame, x, y = Path(row["name"]).stem.split("@")
         assert frame.isdigit()
         assert (float(x), float(y)) == (float(row["x"]), float(row["y"]))
     assert sorted(path.name for path in info["images"].iterdir())[0].startswith("000000@")

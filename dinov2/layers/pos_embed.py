@@ -28,9 +28,10 @@ def resample_patch_pos_embed(
         raise ValueError(f"The position embedding has {num_patches} patch positions, not a square grid.")
     grid = pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
     if offset:
-        size_kwargs = {"scale_factor": ((grid_h + offset) / side, (grid_w + offset) / side)}
+        # Plain floats, so that tracing (TorchScript, ONNX) records constants rather than tensors.
+        size_kwargs = {"scale_factor": (float(grid_h + offset) / side, float(grid_w + offset) / side)}
     else:
-        size_kwargs = {"size": (grid_h, grid_w)}
+        size_kwargs = {"size": (int(grid_h), int(grid_w))}
     grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **size_kwargs)
     if grid.shape[-2:] != (grid_h, grid_w):
         raise RuntimeError(f"Resampled position grid is {tuple(grid.shape[-2:])}, expected {(grid_h, grid_w)}.")

@@ -458,7 +458,7 @@ def make_sequence(
     """Write an ordered image sequence of a drive that returns to streets it passed before.
 
     Writes ``root/images/000000.jpg``... (``000000@<x>@<y>.jpg`` with ``positions_in_names``),
-    ``root/poses.csv`` (``frame,x,y`` in metres, UTM-like) and ``root/revisits.csv``
+    ``root/poses.csv`` (``name,x,y`` in metres, UTM-like) and ``root/revisits.csv``
     (``frame,revisited_frame``: each revisiting frame and the first visit of its place). New
     places are ``step_m`` apart along a street that never turns back, so only the revisits
     come back near earlier frames; revisits are stronger view changes, every second segment at night.
@@ -493,7 +493,7 @@ def make_sequence(
         _save_jpeg(_apply_view(scenes[place], view, image_size), root / "images" / name)
         names.append(name)
         poses.append((name, f"{position[0]:.2f}", f"{position[1]:.2f}"))
-    atomic_write_text(root / "poses.csv", _csv([("frame", "x", "y"), *poses]))
+    atomic_write_text(root / "poses.csv", _csv([("name", "x", "y"), *poses]))
     revisit_rows = [(names[frame], names[first]) for frame, first in revisits]
     atomic_write_text(root / "revisits.csv", _csv([("frame", "revisited_frame"), *revisit_rows]))
     return {

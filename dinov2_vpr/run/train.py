@@ -2,6 +2,8 @@
 
 Accepts the original DINOVPR command line (``--config-file --pretrained-weights --output-dir
 --split --train-path --batch-size --use-pretrain-MLP --MLP-weight-path``) plus ``--opts key=value``.
+``--slurm`` with the launcher options of :mod:`dinov2.run.submit` submits the same run to SLURM;
+``torchrun --nproc_per_node=N -m dinov2_vpr.run.train ...`` runs it on N processes here.
 """
 
 import argparse
@@ -10,13 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
-from dinov2_vpr.checkpoint import load_checkpoint
+from dinov2.run.submit import add_launcher_args, submit_or_run
+from dinov2_vpr.checkpoint import HEAD_FILE, load_head_file
 from dinov2_vpr.config import setup_vpr_config
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_query
@@ -27,8 +29,6 @@ from dinov2_vpr.train import train_head
 
 logger = logging.getLogger("dinov2")
 
-HEAD_FILE = "head.pth"
-
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,14 +36,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--train-path", required=True, help="Folder whose .txt pair lists are used for training")
     parser.add_argument("--image-root", help="Folder the list paths are relative to (default: --train-path)")
-    parser.add_argument("--split", action="store_true", help="Hold out vpr.data.val_fraction of the pairs for validation")
+    parser.add_argument(
+        "--split", action="store_true", help="Hold out vpr.data.val_fraction of the pairs for validation"
+    )
     parser.add_argument("--batch-size", type=int, help="Global batch size (sets vpr.train.batch_size)")
     parser.add_argument("--use-pretrain-MLP", action="store_true", help="Start from the head in --MLP-weight-path")
     parser.add_argument("--MLP-weight-path", help="A head.pth (or training checkpoint) to start from")
     parser.add_argument("--random-backbone", action="store_true", help="No weights: random backbone, for tests only")
     parser.add_argument("--cache-dir", help="Feature cache folder (default: <output-dir>/feature_cache)")
-    parser.add_argument("--no-resume", action="store_true", help="Start afresh even if the output folder has checkpoints")
-    return parser
+    parser.add_argument(
+        "--no-resume", action="store_true", help="Start afresh even if the output folder has checkpoints"
+    )
+    return add_launcher_args(parser)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -65,14 +69,6 @@ def _options(args: argparse.Namespace) -> list[str]:
     return opts
 
 
-def load_head_file(path: str | Path) -> dict:
-    """A saved head (``head.pth``) or the head of a training checkpoint, as ``{"head": state, ...}``."""
-    state = load_checkpoint(path)
-    if "head" not in state:
-        raise KeyError(f"{path} holds no head (keys: {sorted(state)[:8]}); pass a head.pth written by training")
-    return state
-
-
 def main(args: argparse.Namespace) -> dict:
     """Train and write ``head.pth`` and ``train_metrics.json`` to ``args.output_dir``; returns the metrics."""
     check_args(args)
@@ -80,7 +76,7 @@ def main(args: argparse.Namespace) -> dict:
     args.opts = _options(args)
     cfg = setup_vpr_config(args)
     setup_logging(args.output_dir)
-    logger.info("Command: %s", " ".join(sys.argv))
+    logger.info("Command: %s\nArguments: %s", " ".join(sys.argv), vars(args))
     train_root = Path(args.train_path)
     image_root = Path(args.image_root or args.train_path)
     list_files = [train_root / name for name in cfg.vpr.data.train_lists] or find_pair_lists(train_root)
@@ -106,7 +102,9 @@ def main(args: argparse.Namespace) -> dict:
     initial = load_head_file(args.MLP_weight_path)["head"] if args.use_pretrain_MLP else None
     train_index = index.subset(range(len(train_pairs)))
     val_index = index.subset(range(len(train_pairs), len(index)))
-    result = train_head(cfg, inputs, embed_dim, train_index, val_index, args.output_dir, initial, resume=not args.no_resume)
+    result = train_head(
+        cfg, inputs, embed_dim, train_index, val_index, args.output_dir, initial, resume=not args.no_resume
+    )
 
     metrics = {
         "best_epoch": result.best_epoch,
@@ -130,10 +128,15 @@ def main(args: argparse.Namespace) -> dict:
         atomic_write_text(Path(args.output_dir) / "train_metrics.json", json.dumps(metrics, indent=2))
         logger.info(
             "Best epoch %d: validation AP %.4f, threshold %.4f; head written to %s",
-            result.best_epoch + 1, result.best_average_precision, result.threshold, Path(args.output_dir) / HEAD_FILE,
+            result.best_epoch + 1,
+            result.best_average_precision,
+            result.threshold,
+            Path(args.output_dir) / HEAD_FILE,
         )
     return metrics
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    arguments = get_args_parser().parse_args()
+    check_args(arguments)  # before a submission, too
+    submit_or_run(arguments, main)

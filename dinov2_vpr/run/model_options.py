@@ -1,0 +1,69 @@
+"""Options and set-up shared by the commands that describe images (extract, retrieval, loops)."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from dinov2 import distributed
+from dinov2.eval.setup import get_args_parser as get_setup_args_parser
+from dinov2.logging import setup_logging
+from dinov2_vpr.config import setup_vpr_config
+from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, describe_model
+
+logger = logging.getLogger("dinov2")
+
+
+def get_model_args_parser() -> argparse.ArgumentParser:
+    """The shared backbone options (``--config-file --pretrained-weights --output-dir --opts``) and the descriptor's."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[get_setup_args_parser(add_help=False)])
+    parser.add_argument("--head", help="A trained head.pth or a training output folder (default: zero-shot)")
+    parser.add_argument(
+        "--zero-shot",
+        choices=sorted(ZERO_SHOT_INPUTS),
+        help="Without --head: the class token (cls, the default) or GeM over the patch tokens (gem) as descriptor",
+    )
+    parser.add_argument("--random-backbone", action="store_true", help="No weights: random backbone, for tests only")
+    parser.add_argument("--cache-dir", help="Feature cache folder (default: <output-dir>/feature_cache)")
+    return parser
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Reject contradictory or missing model options before any work starts."""
+    if not args.pretrained_weights and not args.random_backbone:
+        raise SystemExit("error: --pretrained-weights is required (or --random-backbone, for testing only)")
+    if args.pretrained_weights and args.random_backbone:
+        raise SystemExit("error: give either --pretrained-weights or --random-backbone, not both")
+    if args.head and args.zero_shot:
+        raise SystemExit("error: --zero-shot describes images without a head; give either --head or --zero-shot")
+
+
+def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | None]:
+    """Join the process group, build and write the config, log to the output folder, choose the head.
+
+    Returns:
+        The config (``vpr.head`` set for the head or the zero-shot pooling) and the head file's
+        contents (None for zero-shot).
+    """
+    check_model_args(args)
+    distributed.enable()
+    if args.cache_dir:
+        args.opts = list(args.opts or []) + [f"vpr.features.cache_dir={Path(args.cache_dir).resolve()}"]
+    cfg = setup_vpr_config(args)
+    setup_logging(args.output_dir)
+    logger.info("Command: %s", " ".join(sys.argv))
+    head_state = configure_descriptor(cfg, args.head, args.zero_shot)
+    if head_state is None:
+        logger.info("No --head: zero-shot descriptors (%s pooling of the backbone tokens)", args.zero_shot or "cls")
+    return cfg, head_state
+
+
+def model_description(cfg: DictConfig, args: argparse.Namespace) -> dict:
+    """:func:`dinov2_vpr.descriptor_config.describe_model` of the command's options, with its config file and options."""
+    return {
+        **describe_model(cfg, args.head, args.zero_shot, args.pretrained_weights),
+        "config_file": args.config_file,
+        "opts": list(args.opts or []),
+    }

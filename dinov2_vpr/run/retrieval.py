@@ -1,0 +1,145 @@
+"""Recall@K on a VPR benchmark: ``python -m dinov2_vpr.run.retrieval --dataset-folder ROOT ...``.
+
+``ROOT`` holds ``database/`` and ``queries/`` (searched recursively), images named with their UTM
+position (``@<east>@<north>@...@.jpg``) as the common VPR datasets downloader prepares Pitts30k,
+Tokyo 24/7, MSLS, SF-XL and St Lucia. A database image is a positive for a query within
+``--positive-dist-threshold`` metres. Writes ``metrics.json``, ``predictions.csv``,
+``recall_at_k.png``, query pictures on request (``preds/``) and the descriptors on request.
+Runs under torchrun, or on SLURM with ``--slurm`` (see :mod:`dinov2.run.submit`).
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from dinov2 import distributed
+from dinov2.run.submit import add_launcher_args, submit_or_run
+from dinov2_vpr.data.images import list_images
+from dinov2_vpr.descriptors import describe_image_files, save_descriptor_files
+from dinov2_vpr.io import atomic_write_text
+from dinov2_vpr.retrieval.geo import utm_positions
+from dinov2_vpr.retrieval.recall import evaluate_retrieval
+from dinov2_vpr.retrieval.report import format_recall_table, write_retrieval_files
+from dinov2_vpr.retrieval.search import INDEX_KINDS
+from dinov2_vpr.run.model_options import get_model_args_parser, model_description, setup_descriptor_run
+
+logger = logging.getLogger("dinov2")
+
+METRICS_FILE = "metrics.json"
+INDEX_OPTIONS = ("nlist", "nprobe", "hnsw_m", "ef_search", "ef_construction")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dinov2_vpr.run.retrieval",
+        description="Recall@K of place retrieval on a VPR benchmark",
+        parents=[get_model_args_parser()],
+        add_help=add_help,
+    )
+    parser.add_argument("--dataset-folder", required=True, help="Folder holding database/ and queries/")
+    parser.add_argument("--database-folder", help="Database images (default: <dataset-folder>/database)")
+    parser.add_argument("--queries-folder", help="Query images (default: <dataset-folder>/queries)")
+    parser.add_argument(
+        "--positive-dist-threshold", type=float, default=25.0, help="Metres within which a result is correct"
+    )
+    parser.add_argument("--recall-values", type=int, nargs="+", default=[1, 5, 10, 20], help="The K of Recall@K")
+    parser.add_argument(
+        "--index", choices=INDEX_KINDS, default="exact", help="faiss index: exact, or approximate ivf/hnsw"
+    )
+    parser.add_argument("--nlist", type=int, help="IVF lists (default about 4*sqrt(database size))")
+    parser.add_argument("--nprobe", type=int, help="IVF lists searched per query (default nlist/16)")
+    parser.add_argument("--hnsw-m", type=int, help="HNSW neighbours per node (default 32)")
+    parser.add_argument("--ef-search", type=int, help="HNSW search candidate list (default 128)")
+    parser.add_argument("--ef-construction", type=int, help="HNSW build candidate list (default 80)")
+    parser.add_argument("--save-descriptors", action="store_true", help="Also write the database and query descriptors")
+    parser.add_argument(
+        "--num-preds-to-save",
+        type=int,
+        default=0,
+        help="Top results in each query picture (0: no pictures; at most the largest recall value)",
+    )
+    parser.add_argument(
+        "--num-queries-to-save", type=int, help="Queries that get a picture, spread evenly (default: all)"
+    )
+    parser.add_argument(
+        "--save-only-wrong-preds", action="store_true", help="Pictures only of queries whose top-1 is wrong"
+    )
+    return add_launcher_args(parser)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if min(args.recall_values) < 1:
+        raise SystemExit(f"error: --recall-values must be positive; got {args.recall_values}")
+    if not args.positive_dist_threshold > 0:
+        raise SystemExit(f"error: --positive-dist-threshold must be positive; got {args.positive_dist_threshold}")
+    if not 0 <= args.num_preds_to_save <= max(args.recall_values):
+        raise SystemExit(
+            f"error: --num-preds-to-save must be between 0 and the largest recall value {max(args.recall_values)}; "
+            f"got {args.num_preds_to_save}"
+        )
+    if args.num_queries_to_save is not None and args.num_queries_to_save < 1:
+        raise SystemExit(f"error: --num-queries-to-save must be at least 1; got {args.num_queries_to_save}")
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Describe database and queries, search, and write the results; returns the metrics (rank 0) or ``{}``."""
+    _check_args(args)
+    cfg, head_state = setup_descriptor_run(args)
+    root = Path(args.dataset_folder)
+    database_paths = list_images(args.database_folder or root / "database")
+    query_paths = list_images(args.queries_folder or root / "queries")
+    database_xy, query_xy = utm_positions(database_paths), utm_positions(query_paths)
+    if max(args.recall_values) > len(database_paths):
+        raise SystemExit(
+            f"error: --recall-values up to {max(args.recall_values)} exceed the {len(database_paths)} database images"
+        )
+    logger.info("%d database images and %d queries under %s", len(database_paths), len(query_paths), root)
+    descriptors = describe_image_files(
+        cfg, args.pretrained_weights, head_state, database_paths + query_paths, args.output_dir
+    )
+    database_desc, query_desc = descriptors[: len(database_paths)], descriptors[len(database_paths) :]
+    if not distributed.is_main_process():
+        return {}
+
+    index_params = {name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None}
+    result = evaluate_retrieval(
+        database_desc,
+        query_desc,
+        database_xy,
+        query_xy,
+        args.recall_values,
+        radius=args.positive_dist_threshold,
+        index_kind=args.index,
+        **index_params,
+    )
+    files = write_retrieval_files(
+        result,
+        query_paths,
+        database_paths,
+        args.output_dir,
+        args.num_preds_to_save,
+        args.num_queries_to_save,
+        args.save_only_wrong_preds,
+    )
+    if args.save_descriptors:
+        files["database_descriptors"] = save_descriptor_files(
+            args.output_dir, database_desc, database_paths, prefix="database_"
+        )
+        files["queries_descriptors"] = save_descriptor_files(
+            args.output_dir, query_desc, query_paths, prefix="queries_"
+        )
+    metrics = {
+        **result.summary(),
+        "positive_dist_threshold": args.positive_dist_threshold,
+        "dataset_folder": str(root.resolve()),
+        "model": model_description(cfg, args),
+        "files": files,
+    }
+    atomic_write_text(Path(args.output_dir) / METRICS_FILE, json.dumps(metrics, indent=2))
+    print(format_recall_table(result, args.positive_dist_threshold))
+    return metrics
+
+
+if __name__ == "__main__":
+    submit_or_run(get_args_parser().parse_args(), main)

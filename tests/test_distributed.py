@@ -1,0 +1,86 @@
+"""Two processes (torchrun, gloo, CPU) against one: the same feature cache and the same trained head."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinov2 import distributed
+from dinov2_vpr.data.synthetic import make_pair_dataset
+from dinov2_vpr.features.pooling import FEATURE_NAMES
+from dinov2_vpr.run import train as train_command
+from tests.tiny_vpr import IMAGE_SIZE, REPO_ROOT, assert_same_heads, load_heads, training_options
+
+EPOCHS = 4
+TORCHRUN_TIMEOUT_S = 180
+
+
+def read_cache_rows(cache_root: Path) -> tuple[list[str], dict[str, dict[str, torch.Tensor]]]:
+    """Every identity in every chunk file under ``cache_root`` (repeats kept), and the features of each."""
+    identities, features = [], {}
+    for chunk_file in sorted(cache_root.glob("*/chunk-*.pt")):
+        chunk = torch.load(chunk_file, weights_only=True)
+        identities += chunk["identities"]
+        for row, identity in enumerate(chunk["identities"]):
+            features[identity] = {name: chunk["features"][name][row] for name in FEATURE_NAMES}
+    return identities, features
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same training (same global batch and seed) in this process and as 2 torchrun processes."""
+    root = tmp_path_factory.mktemp("distributed")
+    data = make_pair_dataset(root / "data", num_places=24, image_size=IMAGE_SIZE)
+    single, double = root / "single", root / "double"
+
+    train_command.main(train_command.get_args_parser().parse_args(training_options(data, single, EPOCHS)))
+    assert not distributed.is_enabled()
+    # One thread per process: the two processes share the 2 cores as one process with 2 threads does.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dinov2_vpr.run.train",
+            *training_options(data, double, EPOCHS),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TORCHRUN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return {"single": single, "double": double}
+
+
+def test_two_processes_train_the_same_head_as_one(runs: dict[str, Path]) -> None:
+    assert_same_heads(load_heads(runs["double"], EPOCHS), load_heads(runs["single"], EPOCHS), atol=1e-5)
+    single, double = (torch.load(runs[name] / "head.pth", weights_only=False) for name in ("single", "double"))
+    assert double["best_epoch"] == single["best_epoch"]
+    assert double["threshold"] == pytest.approx(single["threshold"], abs=1e-5)
+
+
+def test_sharded_extraction_fills_the_same_cache_and_encodes_each_image_once(runs: dict[str, Path]) -> None:
+    single_ids, single_features = read_cache_rows(runs["single"] / "feature_cache")
+    double_ids, double_features = read_cache_rows(runs["double"] / "feature_cache")
+
+    assert len(double_ids) == len(set(double_ids)) == len(set(single_ids)), "an image was encoded twice or not at all"
+    assert double_features.keys() == single_features.keys()
+    for identity, features in single_features.items():
+        for name in FEATURE_NAMES:
+            torch.testing.assert_close(double_features[identity][name], features[name], rtol=0, atol=1e-5)
+
+    # Each rank encoded its own part, together all of them.
+    logs = [(runs["double"] / "logs" / name).read_text() for name in ("log.txt", "log.txt.rank1")]
+    shares = [int(re.search(r"this rank encodes (\d+)", log).group(1)) for log in logs]
+    assert min(shares) > 0 and sum(shares) == len(double_ids), shares
