@@ -1,9 +1,10 @@
 """Export of a :class:`~dinov2_vpr.model.PlaceDescriptor` (backbone, pooling, head) to TorchScript or ONNX.
 
 The exported model maps ``(B, 3, H, W)`` images, normalised as the model's transform makes them, at
-the model's image size, to ``(B, D)`` unit descriptors; the batch size may vary. Its position
-embedding is resampled once for that image size, so the graph holds no interpolation. Every
-export is checked against the eager model on a sample batch.
+the model's image size, to ``(B, D)`` unit descriptors; the batch size may vary. For a square image
+size the position embedding is resampled once, so the graph holds no interpolation; for another
+size the traced graph resamples it with constant sizes. Every export is checked against the eager
+model on a sample batch.
 """
 
 import copy
@@ -36,23 +37,15 @@ class ExportMismatchError(RuntimeError):
 
 
 def fixed_size_model(model: PlaceDescriptor) -> PlaceDescriptor:
-    """A float32 CPU copy of ``model`` whose position embedding is resampled for its image size.
-
-    Raises:
-        ValueError: a non-square image size (the backbone only uses a stored embedding as is for a
-            square grid).
+    """A float32 CPU copy of ``model``; for a square image size its position embedding is resampled
+    for that size (the backbone uses a stored embedding as it is only for a square grid).
     """
     height, width = model.transform.size
     backbone = model.backbone
     grid_h, grid_w = height // backbone.patch_size, width // backbone.patch_size
-    if grid_h != grid_w:
-        raise ValueError(
-            f"Export needs a square image size; vpr.data.image_size is {[height, width]}. "
-            f"Export with e.g. vpr.data.image_size=[{height},{height}]"
-        )
     exported = copy.deepcopy(model).to(device="cpu", dtype=torch.float).eval()
     native = exported.backbone.pos_embed.shape[1] - 1
-    if native != grid_h * grid_w:
+    if grid_h == grid_w and native != grid_h * grid_w:
         resampled = resample_patch_pos_embed(
             exported.backbone.pos_embed.detach(),
             grid_h,

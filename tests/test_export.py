@@ -92,9 +92,13 @@ def test_a_mismatching_export_is_not_kept(gem_model, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_non_square_image_size_is_explained():
+@pytest.mark.parametrize("export_format", export.EXPORT_FORMATS)
+def test_a_non_square_image_size_exports_with_the_interpolation_traced(export_format, tmp_path):
     model = load_place_model(
-        config_file=CONFIG_FILE, opts=[*TINY_MODEL_OPTS, "vpr.data.image_size=[56,84]"], random_backbone=True
+        config_file=CONFIG_FILE,
+        opts=[*TINY_MODEL_OPTS, "vpr.data.image_size=[56,84]"],
+        random_backbone=True,
+        zero_shot="gem",
     )
-    with pytest.raises(ValueError, match=r"square image size; vpr.data.image_size is \[56, 84\]"):
-        export.fixed_size_model(model)
+    report = export.export_model(model, tmp_path / f"model.{export_format}", export_format)
+    assert report["max_abs_difference"] <= 1e-4
