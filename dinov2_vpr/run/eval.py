@@ -52,7 +52,8 @@ def main(args: argparse.Namespace) -> dict:
         args.opts = list(args.opts or []) + [f"vpr.features.cache_dir={Path(args.cache_dir).resolve()}"]
     cfg = setup_vpr_config(args)
     setup_logging(args.output_dir)
-    logger.info("Command: %s\nArguments: %s", " ".join(sys.argv), vars(args))
+    logger.info("Command: %s", " ".join(sys.argv))
+    logger.info("Arguments: %s", vars(args))
     head_state = configure_descriptor(cfg, args.head)
     if head_state is None:
         logger.info("No --head: zero-shot evaluation with the raw DINOv2 class token")
