@@ -54,6 +54,7 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
     cfg = setup_vpr_config(args)
     setup_logging(args.output_dir)
     logger.info("Command: %s", " ".join(sys.argv))
+    logger.info("Arguments: %s", vars(args))
     head_state = configure_descriptor(cfg, args.head, args.zero_shot)
     if head_state is None:
         logger.info("No --head: zero-shot descriptors (%s pooling of the backbone tokens)", args.zero_shot or "cls")
