@@ -21,7 +21,7 @@ CONFIG_FILE = Path(__file__).resolve().parents[2] / "dinov2" / "configs" / "eval
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("DINOv2-VPR demo on generated data")
+    parser = argparse.ArgumentParser(description="DINOv2-VPR demo on generated data")
     parser.add_argument("--output-dir", default="demo_output", help="Where the data, the run and the evaluation go")
     parser.add_argument("--num-places", type=int, default=120, help="Places in the generated dataset")
     parser.add_argument("--epochs", type=int, default=30)
