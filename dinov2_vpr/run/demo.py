@@ -53,28 +53,36 @@ def main(args: argparse.Namespace) -> dict:
         ]
     )
     train_command.main(train_args)
-    eval_args = eval_command.get_args_parser().parse_args(
-        [
-            *common,
-            "--dataset-root",
-            str(data["image_root"]),
-            "--head",
-            str(output / "train"),
-            "--pair-lists",
-            *map(str, data["test_lists"]),
-            str(data["final_list"]),
-            "--output-dir",
-            str(output / "eval"),
-        ]
+    lists = ["--pair-lists", *map(str, data["test_lists"]), str(data["final_list"])]
+    evaluate = ["--dataset-root", str(data["image_root"]), *lists]
+    print("\nTrained head:")
+    results = eval_command.main(
+        eval_command.get_args_parser().parse_args(
+            [*common, *evaluate, "--head", str(output / "train"), "--output-dir", str(output / "eval")]
+        )
     )
-    results = eval_command.main(eval_args)
+    print("\nZero-shot baseline (raw class-token cosine; its threshold only sets the answers):")
+    baseline = eval_command.main(
+        eval_command.get_args_parser().parse_args(
+            [*common, *evaluate, "--threshold", "0.5", "--output-dir", str(output / "eval_zero_shot")]
+        )
+    )
+    for trained, zero_shot in zip(results["lists"], baseline["lists"]):
+        if trained["labelled"]:
+            print(
+                f"{trained['name']}: average precision {zero_shot['average_precision']:.3f} zero-shot "
+                f"-> {trained['average_precision']:.3f} with the trained head"
+            )
     answers = np.loadtxt(output / "eval" / f"{data['final_list'].stem}_result.txt", dtype=int)
     truth = np.loadtxt(data["final_labels"], dtype=int)
     print(
         f"\nFinal list answered in {output / 'eval' / (data['final_list'].stem + '_result.txt')}: "
         f"accuracy {np.mean(answers == truth):.3f} against the hidden labels"
     )
-    print(f"Everything is under {output}: train/ (head.pth, checkpoints, tensorboard), eval/ (metrics, curves)")
+    print(
+        f"Everything is under {output}: train/ (head.pth, checkpoints, tensorboard), eval/ and eval_zero_shot/ "
+        "(answers, scores, metrics, curves)"
+    )
     if not args.pretrained_weights:
         print(
             "The backbone was random: these numbers only show that the pipeline runs. Use real weights for real results."
