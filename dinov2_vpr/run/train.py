@@ -32,7 +32,9 @@ logger = logging.getLogger("dinov2")
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train a VPR head on frozen DINOv2 features", parents=[get_setup_args_parser(add_help=False)], add_help=add_help
+        description="Train a VPR head on frozen DINOv2 features",
+        parents=[get_setup_args_parser(add_help=False)],
+        add_help=add_help,
     )
     parser.add_argument("--train-path", required=True, help="Folder whose .txt pair lists are used for training")
     parser.add_argument("--image-root", help="Folder the list paths are relative to (default: --train-path)")
