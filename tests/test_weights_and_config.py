@@ -1,7 +1,5 @@
 """Strict weight loading with helpful errors; config merging; hub constructors; evaluation set-up."""
 
-import argparse
-
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -98,42 +96,27 @@ def test_typo_in_config_file_names_the_key(tmp_path):
         build_config(str(config_file))
 
 
-def test_setup_and_build_model_writes_config_and_runs_on_cpu(dinov2_reference_dir, tmp_path):
-    case = _case(dinov2_reference_dir, "vit_reg4")
-    constructor = case["constructor"]
-    opts = [
-        "student.arch=vit_small",
-        "student.patch_size=14",
-        "student.num_register_tokens=4",
-        "student.interpolate_antialias=true",
-        "student.interpolate_offset=0.0",
-        "crops.global_crops_size=518",
-    ]
+def test_setup_and_build_model_loads_a_training_checkpoint_on_cpu(tmp_path):
+    """An eval config and a DINOv2 training checkpoint (teacher, backbone. prefix, 4 chunks) give the same model."""
+    torch.manual_seed(0)
+    reference = backbones.dinov2_vits14_reg(pretrained=False, block_chunks=4).eval()
+    teacher = {f"backbone.{key}": value for key, value in reference.state_dict().items()}
+    assert "backbone.blocks.3.11.mlp.fc1.weight" in teacher
+    torch.save({"teacher": teacher, "iteration": 7}, tmp_path / "training_checkpoint.pth")
     args = get_args_parser().parse_args(
         [
-            "--pretrained-weights",
-            str(dinov2_reference_dir / "vit_reg4_teacher_checkpoint.pth"),
-            "--output-dir",
-            str(tmp_path),
-            "--opts",
-            *opts,
+            "--config-file", "dinov2/configs/eval/vits14_reg4_pretrain.yaml",
+            "--pretrained-weights", str(tmp_path / "training_checkpoint.pth"),
+            "--output-dir", str(tmp_path / "run"),
+            "--opts", "train.seed=3",
         ]
-    )
-    # The fixture is a 64-wide, 3-block model: shrink vit_small's width through a patched factory.
-    from dinov2.models import vision_transformer
-
-    original = vision_transformer.ARCHITECTURES["vit_small"]
-    vision_transformer.ARCHITECTURES["vit_small"] = lambda **kw: vision_transformer._vit(
-        constructor["embed_dim"], constructor["depth"], constructor["num_heads"], **kw
-    )
-    try:
-        model, dtype = setup_and_build_model(args)
-    finally:
-        vision_transformer.ARCHITECTURES["vit_small"] = original
+    )  # fmt: skip
+    model, dtype = setup_and_build_model(args)
     assert dtype == torch.float and not model.training
     assert all(not p.requires_grad for p in model.parameters())
+    images = torch.randn(2, 3, 56, 84)
     with torch.no_grad():
-        torch.testing.assert_close(model(case["inputs"]["b"]), case["outputs"]["forward_b"], atol=1e-4, rtol=0)
-    saved = OmegaConf.load(tmp_path / "config.yaml")
-    assert saved.student.num_register_tokens == 4 and saved.train.output_dir == str(tmp_path)
-    assert isinstance(args, argparse.Namespace)
+        torch.testing.assert_close(model(images), reference(images), atol=1e-5, rtol=0)
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert saved.student.num_register_tokens == 4 and saved.train.seed == 3
+    assert saved.train.output_dir == str(tmp_path / "run")
