@@ -23,6 +23,7 @@ import dinov2_vpr.losses  # noqa: F401  (registers the losses)
 from dinov2 import distributed
 from dinov2_vpr.checkpoint import Checkpointer
 from dinov2_vpr.data.image_table import PairIndex
+from dinov2_vpr.evaluate import cosine_scores, describe_rows
 from dinov2_vpr.features.pooling import head_input_dim
 from dinov2_vpr.metrics import best_f1_threshold, pair_metrics
 from dinov2_vpr.plots import pr_curve_figure
@@ -53,16 +54,6 @@ def build_loss(cfg: DictConfig) -> nn.Module:
     """The loss named by ``vpr.loss.name``."""
     loss_cfg = OmegaConf.to_container(cfg.vpr.loss, resolve=True)
     return lookup(LOSSES, loss_cfg.pop("name"), "vpr.loss.name")(**loss_cfg)
-
-
-def pair_similarities(head: nn.Module, features: Tensor, pairs: PairIndex, batch_size: int = 4096) -> Tensor:
-    """Cosine similarity of each pair's descriptors; every image is described once, in eval mode."""
-    was_training = head.training
-    head.eval()
-    with torch.no_grad():
-        descriptors = torch.cat([head(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
-    head.train(was_training)
-    return (descriptors[pairs.query] * descriptors[pairs.reference]).sum(dim=-1)
 
 
 def _learning_rate_factor(cfg: DictConfig) -> CompositeParamScheduler:
@@ -176,7 +167,7 @@ def train_head(
                 writer.add_scalar("train/loss", (batch_loss[0] / batch_loss[1]).item(), global_step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
 
-        scores = pair_similarities(head, features, val_pairs).numpy()
+        scores = cosine_scores(describe_rows(head, features), val_pairs)
         metrics = pair_metrics(val_labels, scores)
         record = {
             "epoch": epoch,
