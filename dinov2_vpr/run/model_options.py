@@ -1,4 +1,5 @@
-"""Options and set-up shared by the commands that describe images (extract, retrieval, loops)."""
+"""Options and set-up shared by the commands: every command's first steps, and the descriptor options of
+those that describe images (eval, extract, retrieval, loops)."""
 
 import argparse
 import logging
@@ -40,14 +41,10 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: --zero-shot describes images without a head; give either --head or --zero-shot")
 
 
-def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | None]:
-    """Join the process group, build and write the config, log to the output folder, choose the head.
-
-    Returns:
-        The config (``vpr.head`` set for the head or the zero-shot pooling) and the head file's
-        contents (None for zero-shot).
+def setup_run(args: argparse.Namespace) -> DictConfig:
+    """What every command does first: join the process group, build and write the config (with
+    ``--cache-dir`` as ``vpr.features.cache_dir``), log to the output folder, log the command line.
     """
-    check_model_args(args)
     distributed.enable()
     if args.cache_dir:
         args.opts = list(args.opts or []) + [f"vpr.features.cache_dir={Path(args.cache_dir).resolve()}"]
@@ -55,6 +52,18 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
     setup_logging(args.output_dir)
     logger.info("Command: %s", " ".join(sys.argv))
     logger.info("Arguments: %s", vars(args))
+    return cfg
+
+
+def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | None]:
+    """:func:`setup_run` after checking the model options, then choose the head.
+
+    Returns:
+        The config (``vpr.head`` set for the head or the zero-shot pooling) and the head file's
+        contents (None for zero-shot).
+    """
+    check_model_args(args)
+    cfg = setup_run(args)
     head_state = configure_descriptor(cfg, args.head, args.zero_shot)
     if head_state is None:
         logger.info("No --head: zero-shot descriptors (%s pooling of the backbone tokens)", args.zero_shot or "cls")

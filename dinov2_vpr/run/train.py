@@ -9,22 +9,20 @@ Accepts the original DINOVPR command line (``--config-file --pretrained-weights 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
-from dinov2.logging import setup_logging
 from dinov2.run.submit import add_launcher_args, submit_or_run
 from dinov2_vpr.checkpoint import HEAD_FILE, load_head_file
-from dinov2_vpr.config import setup_vpr_config
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_query
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 from dinov2_vpr.pipeline import image_features
+from dinov2_vpr.run.model_options import setup_run
 from dinov2_vpr.train import train_head
 
 logger = logging.getLogger("dinov2")
@@ -66,20 +64,14 @@ def _options(args: argparse.Namespace) -> list[str]:
     opts = list(args.opts or [])
     if args.batch_size is not None:
         opts.append(f"vpr.train.batch_size={args.batch_size}")
-    if args.cache_dir:
-        opts.append(f"vpr.features.cache_dir={Path(args.cache_dir).resolve()}")
     return opts
 
 
 def main(args: argparse.Namespace) -> dict:
     """Train and write ``head.pth`` and ``train_metrics.json`` to ``args.output_dir``; returns the metrics."""
     check_args(args)
-    distributed.enable()
     args.opts = _options(args)
-    cfg = setup_vpr_config(args)
-    setup_logging(args.output_dir)
-    logger.info("Command: %s", " ".join(sys.argv))
-    logger.info("Arguments: %s", vars(args))
+    cfg = setup_run(args)
     train_root = Path(args.train_path)
     image_root = Path(args.image_root or args.train_path)
     list_files = [train_root / name for name in cfg.vpr.data.train_lists] or find_pair_lists(train_root)
