@@ -15,7 +15,8 @@ from dinov2 import distributed
 from dinov2_vpr.data.synthetic import make_pair_dataset
 from dinov2_vpr.features.pooling import FEATURE_NAMES
 from dinov2_vpr.run import train as train_command
-from tests.tiny_vpr import IMAGE_SIZE, REPO_ROOT, assert_same_heads, load_heads, training_options
+from tests.conftest import REPO_ROOT
+from tests.tiny_vpr import IMAGE_SIZE, assert_same_heads, load_heads, training_options
 
 EPOCHS = 4
 TORCHRUN_TIMEOUT_S = 180

@@ -22,10 +22,10 @@ import torch
 from dinov2.eval import vpr as vpr_eval
 from dinov2.run.submit import CommandTask, add_launcher_args, executor_parameters, submit_or_run
 from dinov2_vpr.data.synthetic import make_pair_dataset
+from tests.conftest import REPO_ROOT
 from tests.test_slurm_cluster import wait_for_result_file, wait_until
 from tests.tiny_vpr import (
     IMAGE_SIZE,
-    REPO_ROOT,
     RESUMED_AT,
     SAVED_EPOCH,
     assert_same_heads,

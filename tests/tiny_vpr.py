@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_FILE = REPO_ROOT / "dinov2" / "configs" / "eval" / "vits14_pretrain.yaml"
+from .conftest import TINY_MODEL_ARGS
+
 IMAGE_SIZE = (56, 56)
 # vpr.head.dropout=0: every rank draws its own dropout masks, so with dropout runs on different
-# numbers of processes (or a rank resumed with rank 0's RNG state) cannot give the same weights.
+# numbers of processes cannot give the same weights.
 TINY_OPTS = [f"vpr.data.image_size=[{IMAGE_SIZE[0]},{IMAGE_SIZE[1]}]", "vpr.data.num_workers=0", "vpr.head.dropout=0"]
 BATCH_SIZE = 8
 SAVED_EPOCH = re.compile(r"Saved checkpoint \S*epoch_(\d+)\.pth")
@@ -21,9 +21,7 @@ RESUMED_AT = re.compile(r"Resuming from \S*epoch_(\d+)\.pth at epoch (\d+)")
 def training_options(data: dict, output_dir: Path, epochs: int) -> list[str]:
     """Options of ``dinov2_vpr.run.train`` for the training lists of a ``make_pair_dataset`` dataset."""
     return [
-        "--config-file",
-        str(CONFIG_FILE),
-        "--random-backbone",
+        *TINY_MODEL_ARGS,
         "--train-path",
         str(data["train_dir"]),
         "--image-root",
@@ -41,9 +39,7 @@ def training_options(data: dict, output_dir: Path, epochs: int) -> list[str]:
 def evaluation_options(data: dict, head: Path, output_dir: Path) -> list[str]:
     """Options of ``dinov2_vpr.run.eval`` for the test lists of a ``make_pair_dataset`` dataset."""
     return [
-        "--config-file",
-        str(CONFIG_FILE),
-        "--random-backbone",
+        *TINY_MODEL_ARGS,
         "--dataset-root",
         str(data["image_root"]),
         "--pair-lists",
