@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 import dinov2_vpr.heads  # noqa: F401  (registers the heads)
 import dinov2_vpr.losses  # noqa: F401  (registers the losses)
 from dinov2 import distributed
+from dinov2.utils.utils import fix_random_seeds
 from dinov2_vpr.checkpoint import Checkpointer
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.evaluate import cosine_scores, describe_rows
@@ -106,7 +107,7 @@ def train_head(
     """
     train_cfg = cfg.vpr.train
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    torch.manual_seed(train_cfg.seed)
+    fix_random_seeds(train_cfg.seed)
     head = build_head(cfg, embed_dim)
     if initial_head_state is not None:
         head.load_state_dict(initial_head_state)
