@@ -26,15 +26,17 @@ def backbone_features(backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
     }
 
 
-def head_input(features: dict[str, Tensor], input_name: str) -> Tensor:
-    """The head's input: the named features concatenated (``cls``, ``cls+patch`` or ``gem``)."""
+def _input_features(input_name: str) -> tuple[str, ...]:
     if input_name not in HEAD_INPUTS:
         raise KeyError(f"vpr.head.input={input_name!r} is unknown; choose one of {sorted(HEAD_INPUTS)}")
-    return torch.cat([features[name] for name in HEAD_INPUTS[input_name]], dim=-1)
+    return HEAD_INPUTS[input_name]
+
+
+def head_input(features: dict[str, Tensor], input_name: str) -> Tensor:
+    """The head's input: the named features concatenated (``cls``, ``cls+patch`` or ``gem``)."""
+    return torch.cat([features[name] for name in _input_features(input_name)], dim=-1)
 
 
 def head_input_dim(embed_dim: int, input_name: str) -> int:
     """Width of :func:`head_input` for a backbone of width ``embed_dim``."""
-    if input_name not in HEAD_INPUTS:
-        raise KeyError(f"vpr.head.input={input_name!r} is unknown; choose one of {sorted(HEAD_INPUTS)}")
-    return embed_dim * len(HEAD_INPUTS[input_name])
+    return embed_dim * len(_input_features(input_name))
