@@ -2,6 +2,8 @@
 
 from fvcore.common.registry import Registry
 
+from dinov2.utils.errors import InputError
+
 HEADS = Registry("HEADS")
 HEADS.__doc__ = "Heads turning backbone features into descriptors: ``HEADS.get(name)(input_dim, **cfg)``."
 
@@ -13,5 +15,5 @@ def lookup(registry: Registry, name: str, key: str):
     """``registry.get(name)`` with an error that names the config key and the registered names."""
     if name not in registry:
         names = ", ".join(sorted(name for name, _ in registry))
-        raise KeyError(f"{key}={name!r} is not registered; choose one of: {names}")
+        raise InputError(f"{key}={name!r} is not registered; choose one of: {names}")
     return registry.get(name)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dinov2.utils.errors import InputError
 import dinov2_vpr.heads  # noqa: F401  (registers the heads)
 import dinov2_vpr.losses  # noqa: F401  (registers the losses)
 from dinov2_vpr.config import build_vpr_config
@@ -73,10 +74,10 @@ def test_losses_pull_positives_and_push_negatives():
 
 def test_unknown_names_list_the_registered_ones():
     with pytest.raises(
-        KeyError, match=r"vpr.head.name='Transformer' is not registered; choose one of: IdentityHead, MLPHead"
+        InputError, match=r"vpr.head.name='Transformer' is not registered; choose one of: IdentityHead, MLPHead"
     ):
         build_head(build_vpr_config(None, ["vpr.head.name=Transformer"]), 384)
-    with pytest.raises(KeyError, match="vpr.loss.name='Triplet'"):
+    with pytest.raises(InputError, match="vpr.loss.name='Triplet'"):
         build_loss(build_vpr_config(None, ["vpr.loss.name=Triplet"]))
     with pytest.raises(KeyError, match="vpr.head.input='patch'"):
         build_head(build_vpr_config(None, ["vpr.head.input=patch"]), 384)
