@@ -2,6 +2,7 @@
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -9,14 +10,53 @@ from torch import nn
 
 from dinov2 import distributed
 from dinov2.eval.setup import build_model_for_eval, get_autocast_dtype
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.transforms import ImageTransform
 
 logger = logging.getLogger("dinov2")
+
+PRECISIONS = {"fp32": torch.float, "bf16": torch.bfloat16, "fp16": torch.half}
+# /proc/cpuinfo flags of native bfloat16 arithmetic (x86: AVX512-BF16, AMX-BF16; Arm: BF16).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 RANDOM_BACKBONE_WARNING = (
     "RANDOM BACKBONE: no --pretrained-weights; the backbone keeps random weights, so its features "
     "are meaningless except for testing the pipeline. Pass an official dinov2_*_pretrain.pth for real use."
 )
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bfloat16 natively: x86 AVX512-BF16 or AMX-BF16, Arm BF16 (from ``cpuinfo``).
+
+    Where ``cpuinfo`` cannot be read (not Linux), False: fp32 is the safe choice.
+    """
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return False
+    flags = {
+        flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[-1].split()
+    }
+    return bool(flags & NATIVE_BF16_FLAGS)
+
+
+def features_autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
+    """The backbone's autocast dtype for ``vpr.features.precision`` on ``device``.
+
+    ``auto``: on CUDA the config's mixed precision (``compute_precision``), on a CPU bfloat16 where
+    it is native (:func:`cpu_has_native_bf16`), else float32. ``fp32``, ``bf16`` and ``fp16`` force one.
+
+    Raises:
+        InputError: an unknown precision.
+    """
+    precision = cfg.vpr.features.precision
+    if precision == "auto":
+        if device.type == "cuda":
+            return get_autocast_dtype(cfg, device)
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float
+    if precision not in PRECISIONS:
+        raise InputError(f"vpr.features.precision={precision!r} is unknown; choose auto or one of {sorted(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 def load_backbone(cfg: DictConfig, pretrained_weights: str | None) -> tuple[nn.Module, torch.dtype]:
@@ -25,7 +65,11 @@ def load_backbone(cfg: DictConfig, pretrained_weights: str | None) -> tuple[nn.M
         logger.warning(RANDOM_BACKBONE_WARNING)
         torch.manual_seed(cfg.vpr.train.seed)
     device = distributed.device()
-    return build_model_for_eval(cfg, pretrained_weights, device), get_autocast_dtype(cfg, device)
+    autocast_dtype = features_autocast_dtype(cfg, device)
+    logger.info(
+        "Backbone precision on %s: %s (vpr.features.precision=%s)", device, autocast_dtype, cfg.vpr.features.precision
+    )
+    return build_model_for_eval(cfg, pretrained_weights, device), autocast_dtype
 
 
 def weights_identity(pretrained_weights: str | None, seed: int) -> str:

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dinov2 import distributed
+from dinov2.utils.errors import InputError, InputFileNotFoundError
+from dinov2.utils.files import load_torch_file
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 
 logger = logging.getLogger("dinov2")
@@ -55,7 +55,7 @@ class Checkpointer:
             return None
         path = self.folder / pointer.read_text().strip()
         if not path.exists():
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"{pointer} names {path.name}, which does not exist: remove {pointer} to start afresh"
             )
         return path
@@ -67,13 +67,18 @@ class Checkpointer:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint saved by :class:`Checkpointer` (on the CPU)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint saved by :class:`Checkpointer` (on the CPU, as data: see :func:`load_torch_file`)."""
+    return load_torch_file(path, what="checkpoint")
 
 
 def load_head_file(path: str | Path) -> dict:
-    """A saved head (``head.pth``) or a training checkpoint, as ``{"head": state, ...}``."""
-    state = load_checkpoint(path)
-    if "head" not in state:
-        raise KeyError(f"{path} holds no head (keys: {sorted(state)[:8]}); pass a head.pth written by training")
+    """A saved head (``head.pth``) or a training checkpoint, as ``{"head": state, ...}``.
+
+    Raises:
+        InputError: the file is missing, unreadable, refused (pickled code) or holds no head.
+    """
+    state = load_torch_file(path, what="head file")
+    if not isinstance(state, dict) or "head" not in state:
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"{path} holds no head (found {found}); pass a head.pth written by training")
     return state

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from dinov2.utils.errors import InputError
 from dinov2_vpr.checkpoint import HEAD_FILE, load_head_file
 
 # Settings a head was trained with that must hold for its inputs to mean the same thing.
@@ -33,7 +34,7 @@ def apply_head_config(cfg: DictConfig, head_state: dict, head_path: str | Path) 
     for key in HEAD_BOUND_KEYS:
         now, then = OmegaConf.select(cfg, key), OmegaConf.select(trained, key)
         if _plain(now) != _plain(then):
-            raise ValueError(
+            raise InputError(
                 f"{key} differs from the training of {head_path}: {then} there, {now} here; "
                 "use the config file and options the head was trained with"
             )
@@ -53,11 +54,11 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
         The head file's contents (``{"head", "threshold", "config", ...}``), or None for zero-shot.
 
     Raises:
-        ValueError: both a head and a zero-shot pooling, an unknown pooling, or a head trained
+        InputError: both a head and a zero-shot pooling, an unknown pooling, or a head trained
             with another backbone or preprocessing.
     """
     if head is not None and zero_shot is not None:
-        raise ValueError(f"Give either a trained head ({head}) or a zero-shot pooling ({zero_shot!r}), not both")
+        raise InputError(f"Give either a trained head ({head}) or a zero-shot pooling ({zero_shot!r}), not both")
     if head is not None:
         path = head_file_path(head)
         head_state = load_head_file(path)
@@ -65,7 +66,7 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
         return head_state
     pooling = zero_shot or "cls"
     if pooling not in ZERO_SHOT_INPUTS:
-        raise ValueError(f"Zero-shot pooling {pooling!r} is unknown; choose one of {sorted(ZERO_SHOT_INPUTS)}")
+        raise InputError(f"Zero-shot pooling {pooling!r} is unknown; choose one of {sorted(ZERO_SHOT_INPUTS)}")
     cfg.vpr.head.name, cfg.vpr.head.input = "IdentityHead", ZERO_SHOT_INPUTS[pooling]
     return None
 

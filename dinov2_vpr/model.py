@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 
-from dinov2.eval.setup import get_autocast_dtype
-from dinov2_vpr.backbone import load_backbone
+from dinov2.utils.errors import InputError
+from dinov2_vpr.backbone import features_autocast_dtype, load_backbone
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.transforms import ImageTransform, load_image
 from dinov2_vpr.descriptor_config import configure_descriptor, describe_model
@@ -32,7 +32,7 @@ class PlaceDescriptor(nn.Module):
         head: a registered head, ``(B, D_in)`` features to ``(B, D)`` unit descriptors.
         input_name: the backbone features the head reads (``cls``, ``cls+patch`` or ``gem``).
         transform: the preprocessing of PIL images (size, ImageNet normalisation).
-        autocast_dtype: the backbone's precision in :meth:`describe` (float32 on the CPU).
+        autocast_dtype: the backbone's precision in :meth:`describe` (``vpr.features.precision``).
         config: the resolved config the model was built from.
         settings: what the model is (head file, weights, architecture), for the files written with descriptors.
     """
@@ -68,7 +68,7 @@ class PlaceDescriptor(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` normalised images (as :attr:`transform` makes them) to ``(B, D)`` unit descriptors.
 
-        Runs in the parameters' precision; :meth:`describe` adds the backbone's autocast on GPUs.
+        Runs in the parameters' precision; :meth:`describe` adds the backbone's autocast (``vpr.features.precision``).
         """
         return self.head(head_input(backbone_features(self.backbone, images), self.input_name))
 
@@ -161,9 +161,9 @@ def load_place_model(
             the config (see :func:`dinov2_vpr.descriptor_config.configure_descriptor`).
     """
     if not pretrained_weights and not random_backbone:
-        raise ValueError("pretrained_weights is required (or random_backbone=True, for testing only)")
+        raise InputError("pretrained_weights is required (or random_backbone=True, for testing only)")
     if pretrained_weights and random_backbone:
-        raise ValueError("Give either pretrained_weights or random_backbone=True, not both")
+        raise InputError("Give either pretrained_weights or random_backbone=True, not both")
     cfg = build_vpr_config(str(config_file) if config_file else None, list(opts))
     head_state = configure_descriptor(cfg, head, zero_shot)
     weights = str(pretrained_weights) if pretrained_weights else None
@@ -182,5 +182,5 @@ def load_place_model(
     )
     if device is not None:
         model.to(device)
-        model.autocast_dtype = get_autocast_dtype(cfg, torch.device(device))
+        model.autocast_dtype = features_autocast_dtype(cfg, torch.device(device))
     return model.eval()

@@ -70,6 +70,17 @@ def _learning_rate_factor(cfg: DictConfig) -> CompositeParamScheduler:
     )
 
 
+def _generator(*key: int) -> torch.Generator:
+    """A generator seeded by ``key`` (e.g. seed, epoch, step), the same on every rank and after a resume."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+
+
+def _dropout_masks(head: nn.Module, rows: int, generator: torch.Generator) -> list[Tensor] | None:
+    """The head's dropout masks for ``rows`` rows of the global batch (None for heads without dropout)."""
+    draw = getattr(head, "draw_dropout_masks", None)
+    return None if draw is None else draw(rows, generator)
+
+
 def _all_reduce_sum(value: Tensor) -> Tensor:
     if distributed.is_enabled():
         dist.all_reduce(value)
@@ -140,14 +151,18 @@ def train_head(
     features = features.float()
     for epoch in range(start_epoch, train_cfg.epochs):
         head.train()
-        torch.manual_seed(train_cfg.seed * 1_000_000 + epoch * 1_000 + rank)  # dropout: resumable on any rank
-        order = torch.randperm(len(train_pairs), generator=torch.Generator().manual_seed(train_cfg.seed * 1000 + epoch))
+        order = torch.randperm(len(train_pairs), generator=_generator(train_cfg.seed, epoch))
         epoch_loss = torch.zeros(2, dtype=torch.float64)
         for step in range(steps_per_epoch):
             global_batch = order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
             local = global_batch[rank::world_size]
-            query = model(features[train_pairs.query[local]])
-            reference = model(features[train_pairs.reference[local]])
+            # This rank's rows of the global batch: its queries, then their references.
+            positions = torch.arange(len(global_batch))[rank::world_size]
+            rows = torch.cat([positions, positions + len(global_batch)])
+            inputs = features[torch.cat([train_pairs.query[local], train_pairs.reference[local]])]
+            masks = _dropout_masks(head, 2 * len(global_batch), _generator(train_cfg.seed, epoch, step))
+            descriptors = model(inputs) if masks is None else model(inputs, [mask[rows] for mask in masks])
+            query, reference = descriptors.split(len(local))
             losses = loss_fn((query * reference).sum(dim=-1), train_pairs.labels[local])
             loss = losses.sum() * world_size / len(global_batch)
             batch_loss = _all_reduce_sum(

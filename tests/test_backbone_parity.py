@@ -56,7 +56,7 @@ def _outputs_max_difference(model: DinoVisionTransformer, case: dict) -> dict[st
 
 @pytest.fixture(scope="module", params=CASES)
 def case(request, dinov2_reference_dir):
-    data = torch.load(dinov2_reference_dir / f"{request.param}.pt", weights_only=False)
+    data = torch.load(dinov2_reference_dir / f"{request.param}.pt", weights_only=True)
     data["name"] = request.param
     data["teacher_checkpoint"] = dinov2_reference_dir / f"{request.param}_teacher_checkpoint.pth"
     return data

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dinov2.run import submit
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.images import list_images
 from dinov2_vpr.data.synthetic import make_retrieval_dataset
 from dinov2_vpr.descriptors import load_descriptor_files
@@ -85,10 +86,10 @@ def test_a_list_file_keeps_its_order(image_folder, first_run, tmp_path):
 
 
 def test_contradictory_options_stop_before_any_work(image_folder, tmp_path):
-    with pytest.raises(SystemExit, match="either --head or --zero-shot"):
+    with pytest.raises(InputError, match="either --head or --zero-shot"):
         _extract(image_folder, tmp_path, "--head", str(tmp_path / "head.pth"), "--zero-shot", "cls")
     argv = ["--config-file", TINY_MODEL_ARGS[1], "--images", str(image_folder), "--output", str(tmp_path)]
-    with pytest.raises(SystemExit, match="--pretrained-weights is required"):
+    with pytest.raises(InputError, match="--pretrained-weights is required"):
         extract_command.main(extract_command.get_args_parser().parse_args(argv))
     assert not (tmp_path / "descriptors.npy").exists()
 

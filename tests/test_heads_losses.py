@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dinov2.utils.errors import InputError
 import dinov2_vpr.heads  # noqa: F401  (registers the heads)
 import dinov2_vpr.losses  # noqa: F401  (registers the losses)
+from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.evaluate import cosine_scores, describe_rows
@@ -79,5 +79,5 @@ def test_unknown_names_list_the_registered_ones():
         build_head(build_vpr_config(None, ["vpr.head.name=Transformer"]), 384)
     with pytest.raises(InputError, match="vpr.loss.name='Triplet'"):
         build_loss(build_vpr_config(None, ["vpr.loss.name=Triplet"]))
-    with pytest.raises(KeyError, match="vpr.head.input='patch'"):
+    with pytest.raises(InputError, match="vpr.head.input='patch'"):
         build_head(build_vpr_config(None, ["vpr.head.input=patch"]), 384)

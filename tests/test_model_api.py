@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.images import list_images
 from dinov2_vpr.descriptor_config import configure_descriptor
@@ -64,7 +65,7 @@ def test_trained_head_matches_the_cached_extraction(trained, tmp_path):
     head_file, paths = trained
     model = load_place_model(head=head_file.parent, config_file=CONFIG_FILE, opts=HEAD_OPTS, random_backbone=True)
     assert isinstance(model.head, MLPHead) and model.output_dim == 16 and model.input_name == "gem"
-    saved = torch.load(head_file, weights_only=False)["head"]
+    saved = torch.load(head_file, weights_only=True)["head"]
     for key, value in model.head.state_dict().items():
         torch.testing.assert_close(value, saved[key])
     cfg = build_vpr_config(str(CONFIG_FILE), HEAD_OPTS)
@@ -92,5 +93,5 @@ def test_bad_arguments_are_explained(gem_model, trained):
         load_place_model(zero_shot="max", config_file=CONFIG_FILE, random_backbone=True)
     with pytest.raises(TypeError, match=r"Cannot describe \(56, 56\)"):
         gem_model.describe(torch.zeros(56, 56))
-    with pytest.raises(OSError, match="Cannot read image"):
+    with pytest.raises(InputError, match="Cannot read image"):
         gem_model.describe(trained[0])  # a .pth is no image

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.synthetic import make_retrieval_dataset
 from dinov2_vpr.descriptors import load_descriptor_files
 from dinov2_vpr.run import retrieval as retrieval_command
@@ -133,9 +134,9 @@ def test_ivf_index_with_the_given_lists(dataset, exact_run, tmp_path):
 
 
 def test_bad_options_and_names_stop_before_any_work(dataset, tmp_path):
-    with pytest.raises(SystemExit, match="--num-preds-to-save must be between 0 and the largest recall value 5"):
+    with pytest.raises(InputError, match="--num-preds-to-save must be between 0 and the largest recall value 5"):
         _retrieval(dataset, tmp_path, "--recall-values", "1", "5", "--num-preds-to-save", "6")
-    with pytest.raises(SystemExit, match="exceed the 40 database images"):
+    with pytest.raises(InputError, match="exceed the 40 database images"):
         _retrieval(dataset, tmp_path, "--recall-values", "1", "50")
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)

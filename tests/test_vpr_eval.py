@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from dinov2.utils.errors import InputError
 from dinov2_vpr.run import demo
 from dinov2_vpr.run import eval as eval_command
 from dinov2_vpr.run import train as train_command
@@ -60,7 +61,7 @@ def test_evaluation_writes_answers_scores_metrics_and_pictures(small_pair_datase
     results = _evaluate(
         small_pair_dataset, tmp_path, "--head", str(trained_run), "--cache-dir", str(trained_run / "cache")
     )
-    threshold = torch.load(trained_run / "head.pth", weights_only=False)["threshold"]
+    threshold = torch.load(trained_run / "head.pth", weights_only=True)["threshold"]
     assert results["threshold"] == threshold
     final = small_pair_dataset["final_list"]
     answers = (tmp_path / f"{final.stem}_result.txt").read_text().splitlines()
@@ -84,7 +85,7 @@ def test_evaluation_writes_answers_scores_metrics_and_pictures(small_pair_datase
 
 
 def test_zero_shot_is_the_raw_class_token_cosine(small_pair_dataset, trained_run, tmp_path):
-    with pytest.raises(SystemExit, match="zero-shot evaluation needs --threshold"):
+    with pytest.raises(InputError, match="zero-shot evaluation needs --threshold"):
         _evaluate(small_pair_dataset, tmp_path, "--cache-dir", str(trained_run / "cache"))
     _evaluate(small_pair_dataset, tmp_path, "--threshold", "0.5", "--cache-dir", str(trained_run / "cache"))
     from dinov2_vpr.features.cache import FeatureCache, image_identity

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.data.pairs import PairListError
@@ -73,7 +74,7 @@ def test_original_command_line_is_accepted(tmp_path):
 
 def test_training_writes_head_checkpoints_and_tensorboard(small_pair_dataset, tmp_path):
     metrics = _train(small_pair_dataset, tmp_path, "vpr.train.epochs=5", "vpr.train.keep_checkpoints=2")
-    head = torch.load(tmp_path / "head.pth", weights_only=False)
+    head = torch.load(tmp_path / "head.pth", weights_only=True)
     assert set(head) >= {"head", "threshold", "embed_dim", "config", "best_epoch"}
     assert head["config"]["vpr"]["data"]["image_size"] == [56, 56] and head["embed_dim"] == 384
     saved = json.loads((tmp_path / "train_metrics.json").read_text())
@@ -107,7 +108,7 @@ def test_second_run_reads_every_feature_from_the_cache(small_pair_dataset, tmp_p
 def test_resume_after_a_kill_ends_with_the_same_head(small_pair_dataset, tmp_path):
     epochs = "vpr.train.epochs=60"
     _train(small_pair_dataset, tmp_path / "straight", epochs, "vpr.train.keep_checkpoints=0")
-    reference = torch.load(tmp_path / "straight" / "head.pth", weights_only=False)["head"]
+    reference = torch.load(tmp_path / "straight" / "head.pth", weights_only=True)["head"]
 
     interrupted = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "straight" / "feature_cache", interrupted / "feature_cache")  # only training is timed
@@ -124,7 +125,7 @@ def test_resume_after_a_kill_ends_with_the_same_head(small_pair_dataset, tmp_pat
 
     _train(small_pair_dataset, interrupted, epochs)  # re-running into the same folder resumes
     assert f"Resuming from {interrupted / 'checkpoints' / last}" in (interrupted / "logs" / "log.txt").read_text()
-    resumed = torch.load(interrupted / "head.pth", weights_only=False)["head"]
+    resumed = torch.load(interrupted / "head.pth", weights_only=True)["head"]
     for key, value in reference.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)
 
@@ -158,14 +159,14 @@ def test_bad_input_is_reported_before_any_work(small_pair_dataset, tmp_path):
 
 def test_weights_are_required_unless_random_backbone_is_asked_for(small_pair_dataset, tmp_path):
     argv = [arg for arg in _train_argv(small_pair_dataset, tmp_path) if arg != "--random-backbone"]
-    with pytest.raises(SystemExit, match="--pretrained-weights is required"):
+    with pytest.raises(InputError, match="--pretrained-weights is required"):
         train_command.main(train_command.get_args_parser().parse_args(argv))
 
 
 def test_training_can_start_from_a_trained_head(small_pair_dataset, tmp_path):
     cache = ["--cache-dir", str(tmp_path / "cache")]
     _train(small_pair_dataset, tmp_path / "first", "vpr.train.epochs=3", extra_args=cache)
-    first = torch.load(tmp_path / "first" / "head.pth", weights_only=False)["head"]
+    first = torch.load(tmp_path / "first" / "head.pth", weights_only=True)["head"]
     start = ["--use-pretrain-MLP", "--MLP-weight-path", str(tmp_path / "first" / "head.pth"), *cache]
     _train(
         small_pair_dataset,
@@ -175,6 +176,6 @@ def test_training_can_start_from_a_trained_head(small_pair_dataset, tmp_path):
         "vpr.train.min_lr=1e-22",
         extra_args=start,
     )
-    second = torch.load(tmp_path / "second" / "head.pth", weights_only=False)["head"]
+    second = torch.load(tmp_path / "second" / "head.pth", weights_only=True)["head"]
     for key, value in first.items():
         torch.testing.assert_close(second[key], value)

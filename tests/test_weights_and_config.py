@@ -8,11 +8,12 @@ from dinov2.eval.setup import get_args_parser, setup_and_build_model
 from dinov2.hub import backbones
 from dinov2.models.vision_transformer import DinoVisionTransformer
 from dinov2.utils.config import build_config
+from dinov2.utils.errors import InputError
 from dinov2.utils.utils import convert_checkpoint, load_pretrained_weights
 
 
 def _case(dinov2_reference_dir, name):
-    return torch.load(dinov2_reference_dir / f"{name}.pt", weights_only=False)
+    return torch.load(dinov2_reference_dir / f"{name}.pt", weights_only=True)
 
 
 def test_register_checkpoint_into_model_without_registers_says_so(dinov2_reference_dir):
@@ -51,7 +52,7 @@ def test_checkpoint_key_that_is_absent_is_an_error(dinov2_reference_dir, tmp_pat
     case = _case(dinov2_reference_dir, "vit_mlp")
     torch.save({"model": case["state_dict"], "epoch": 3}, tmp_path / "run.pth")
     model = DinoVisionTransformer(**case["constructor"])
-    with pytest.raises(KeyError, match="no checkpoint key 'teacher'.*'epoch', 'model'"):
+    with pytest.raises(InputError, match="no checkpoint key 'teacher'.*'epoch', 'model'"):
         load_pretrained_weights(model, str(tmp_path / "run.pth"), "teacher")
     load_pretrained_weights(model, str(tmp_path / "run.pth"), "model")
     assert torch.equal(model.state_dict()["pos_embed"], case["state_dict"]["pos_embed"])

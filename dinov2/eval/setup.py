@@ -18,7 +18,7 @@ _AUTOCAST_DTYPES = {"fp16": torch.half, "bf16": torch.bfloat16, "fp32": torch.fl
 def get_args_parser(
     description: str | None = None, parents: Sequence[argparse.ArgumentParser] = (), add_help: bool = True
 ) -> argparse.ArgumentParser:
-    """``--config-file``, ``--pretrained-weights``, ``--output-dir`` and ``--opts key=value ...``."""
+    """``--config-file``, ``--pretrained-weights``, ``--output-dir``, ``--opts key=value ...``, ``--trust-pickle``, ``--debug``."""
     parser = argparse.ArgumentParser(description=description, parents=list(parents), add_help=add_help)
     parser.add_argument(
         "--config-file", type=str, help="Model config file (e.g. dinov2/configs/eval/vitl14_pretrain.yaml)"
@@ -28,6 +28,15 @@ def get_args_parser(
     )
     parser.add_argument("--output-dir", default="./output", type=str, help="Output directory to write results and logs")
     parser.add_argument("--opts", default=[], nargs="+", help="Config overrides as key=value (e.g. vpr.train.lr=0.001)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="Also load model files that hold pickled objects beyond plain tensors (runs any code they carry; "
+        "only for files from a trusted source)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="Show the traceback of input errors (or set DINOV2_VPR_DEBUG=1)"
+    )
     return parser
 
 

@@ -6,7 +6,7 @@ submits it to SLURM.
 
 import argparse
 
-from dinov2.run.submit import submit_or_run
+from dinov2.run.cli import run_cli
 from dinov2_vpr.run import eval as vpr_eval
 
 
@@ -21,4 +21,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    submit_or_run(get_args_parser().parse_args(), main)
+    run_cli(get_args_parser(), main)

@@ -23,6 +23,8 @@ from typing import Any
 
 import submitit
 
+from dinov2.utils.errors import InputError
+
 # The partition when --partition is not given; without either, SLURM's default partition.
 PARTITION_VARIABLE = "DINOV2_VPR_PARTITION"
 JOB_ID_PATTERN = "%j"
@@ -161,8 +163,8 @@ def submit_job(
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=MAX_TIMEOUT_REQUEUES)
     except RuntimeError as error:
-        raise SystemExit(
-            f"error: --slurm needs SLURM's srun and sbatch on PATH ({error}); without SLURM run the command "
+        raise InputError(
+            f"--slurm needs SLURM's srun and sbatch on PATH ({error}); without SLURM run the command "
             "without --slurm, or under torchrun --nproc_per_node=N"
         ) from None
     executor.update_parameters(name=name or target.split(":")[0], **executor_parameters(args))
@@ -180,5 +182,5 @@ def submit_or_run(args: argparse.Namespace, main: Callable[[argparse.Namespace],
         submit_job(args, main)
         return
     if JOB_ID_PATTERN in args.output_dir:
-        raise SystemExit(f"error: {JOB_ID_PATTERN} in --output-dir stands for the SLURM job id: it needs --slurm")
+        raise InputError(f"{JOB_ID_PATTERN} in --output-dir stands for the SLURM job id: it needs --slurm")
     main(args)

@@ -7,9 +7,11 @@ import os
 from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from dinov2.configs import dinov2_default_config
+from dinov2.utils.errors import InputError, InputFileNotFoundError
+from dinov2.utils.files import set_trust_pickle
 
 logger = logging.getLogger("dinov2")
 
@@ -31,8 +33,12 @@ def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictCon
         key = error.full_key or str(error.key)
         close = difflib.get_close_matches(key, _all_keys(base), n=3)
         suggestion = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"Unknown config key {key!r} in {source}.{suggestion} Valid keys are in the default configs."
+        ) from None
+    except ValidationError as error:
+        raise InputError(
+            f"Config key {error.full_key!r} in {source}: {error.msg}; give a value of the default's type"
         ) from None
 
 
@@ -52,12 +58,12 @@ def build_config(
     OmegaConf.set_struct(cfg, True)
     if config_file:
         if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"Config file not found: {config_file!r}")
+            raise InputFileNotFoundError(f"Config file not found: {config_file!r}")
         cfg = _merge_checked(cfg, OmegaConf.load(config_file), f"config file {config_file}")
     opts = list(opts)
     malformed = [opt for opt in opts if "=" not in opt]
     if malformed:
-        raise ValueError(f"Options must be key=value, got {malformed}")
+        raise InputError(f"Options must be key=value, got {malformed}")
     return _merge_checked(cfg, OmegaConf.from_dotlist(opts), "--opts")
 
 
@@ -73,7 +79,11 @@ def write_config(cfg: DictConfig, output_dir: str, name: str = "config.yaml") ->
 
 
 def setup(args: argparse.Namespace, extra_defaults: Iterable[DictConfig] = ()) -> DictConfig:
-    """Build the config from ``args.config_file`` and ``args.opts``, record ``train.output_dir``, write it."""
+    """Build the config from ``args.config_file`` and ``args.opts``, record ``train.output_dir``, write it.
+
+    Also sets, for this process, whether model files may be fully unpickled (``args.trust_pickle``).
+    """
+    set_trust_pickle(args.trust_pickle)
     args.output_dir = os.path.abspath(args.output_dir)
     opts = list(args.opts or []) + [f"train.output_dir={args.output_dir}"]
     cfg = build_config(args.config_file, opts, extra_defaults)

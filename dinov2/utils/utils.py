@@ -11,6 +11,9 @@ import torch
 from iopath.common.file_io import HTTPURLHandler, PathManager
 from torch import Tensor, nn
 
+from dinov2.utils.errors import InputError, InputFileNotFoundError
+from dinov2.utils.files import load_torch_file
+
 logger = logging.getLogger("dinov2")
 
 _SHOWN_KEYS = 5
@@ -41,15 +44,11 @@ def _read_checkpoint(pretrained_weights: str) -> Any:
     path_manager = PathManager()
     path_manager.register_handler(HTTPURLHandler())
     if not path_manager.exists(pretrained_weights) and not pretrained_weights.startswith(("http://", "https://")):
-        raise FileNotFoundError(
+        raise InputFileNotFoundError(
             f"Backbone weights not found: {pretrained_weights!r}. Pass the path of an official DINOv2 "
             "checkpoint (e.g. dinov2_vitl14_pretrain.pth) or a training checkpoint with checkpoint_key='teacher'."
         )
-    local_path = path_manager.get_local_path(pretrained_weights)
-    try:
-        return torch.load(local_path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"Could not read {pretrained_weights!r} as a PyTorch checkpoint: {error}") from error
+    return load_torch_file(path_manager.get_local_path(pretrained_weights), what="backbone weights")
 
 
 def _is_state_dict(checkpoint: Any) -> bool:
@@ -63,12 +62,12 @@ def _extract_state_dict(checkpoint: Any, checkpoint_key: str | None, source: str
         checkpoint = checkpoint[checkpoint_key]
     elif checkpoint_key is not None and not _is_state_dict(checkpoint):
         top = sorted(checkpoint)[:10] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise KeyError(
+        raise InputError(
             f"{source}: no checkpoint key {checkpoint_key!r} and no state dict; its top-level keys are {top}. "
             "Pass the key that holds the backbone weights (teacher for DINOv2 training checkpoints)."
         )
     if not _is_state_dict(checkpoint):
-        raise ValueError(f"{source}: expected a state dict, found {type(checkpoint).__name__}.")
+        raise InputError(f"{source}: expected a state dict, found {type(checkpoint).__name__}.")
     return checkpoint
 
 
@@ -127,9 +126,9 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoin
             ``*_pretrain.pth`` files) is used as it is.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        KeyError: the checkpoint key is absent and the checkpoint is no state dict.
-        ValueError: missing, unexpected or mis-shaped keys, with the first of each and a hint on which
+        InputFileNotFoundError: the file does not exist.
+        UntrustedFileError: the file needs full unpickling and ``--trust-pickle`` was not given.
+        InputError: the checkpoint key is absent and the checkpoint is no state dict; or missing, unexpected or mis-shaped keys, with the first of each and a hint on which
             config would fit.
     """
     checkpoint = _read_checkpoint(pretrained_weights)
@@ -156,7 +155,7 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoin
         lines.extend(f"  hint: {hint}" for hint in hints)
         if not hints:
             lines.append("  hint: check --config-file and the checkpoint key (teacher for training checkpoints)")
-        raise ValueError("\n".join(lines))
+        raise InputError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True, assign=any(p.is_meta for p in model.parameters()))
     logger.info("Loaded backbone weights from %s (checkpoint key %s)", pretrained_weights, checkpoint_key)
 

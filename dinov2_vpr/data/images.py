@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+from dinov2.utils.errors import InputError, InputFileNotFoundError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 
 _DIGITS = re.compile(r"(\d+)")
@@ -25,7 +27,7 @@ def _is_image(path: Path) -> bool:
 def _images_in_folder(folder: Path) -> list[Path]:
     relatives = [path.relative_to(folder) for path in folder.rglob("*") if path.is_file() and _is_image(path)]
     if not relatives:
-        raise FileNotFoundError(
+        raise InputFileNotFoundError(
             f"No images found in folder {folder} (searched recursively for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return [folder / relative for relative in sorted(relatives, key=_natural_path_key)]
@@ -39,18 +41,18 @@ def _images_in_list(list_file: Path) -> list[Path]:
             continue
         path = Path(entry) if Path(entry).is_absolute() else list_file.parent / entry
         if not _is_image(path):
-            raise ValueError(
+            raise InputError(
                 f"{list_file}:{line_number}: {entry!r} does not have an image extension "
                 f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
             )
         if not path.is_file():
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"{list_file}:{line_number}: image {path} does not exist "
                 f"(relative paths are read from the list file's folder {list_file.parent})"
             )
         images.append(path)
     if not images:
-        raise ValueError(f"Image list {list_file} names no images (only blank lines or # comments)")
+        raise InputError(f"Image list {list_file} names no images (only blank lines or # comments)")
     return images
 
 
@@ -68,14 +70,14 @@ def list_images(source: str | Path) -> list[Path]:
         The image paths (joined to ``source`` for a folder, to the list file's folder for a list).
 
     Raises:
-        FileNotFoundError: ``source`` does not exist, the folder holds no image, or a listed image is missing.
-        ValueError: the list names no image, or names a file without an image extension.
+        InputFileNotFoundError: ``source`` does not exist, the folder holds no image, or a listed image is missing.
+        InputError: the list names no image, or names a file without an image extension.
     """
     source = Path(source)
     if source.is_dir():
         return _images_in_folder(source)
     if source.is_file():
         return _images_in_list(source)
-    raise FileNotFoundError(
+    raise InputFileNotFoundError(
         f"Image source {source} does not exist; pass a folder of images or a text file listing them"
     )

@@ -9,6 +9,7 @@ lists (the final test lists, ``*_val_final.txt``) have only the two paths.
 """
 
 import logging
+import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from dinov2.utils.errors import InputError, InputFileNotFoundError
 from dinov2_vpr.io import atomic_write_text
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("dinov2")
 
 MAX_LISTED_PROBLEMS = 20
 LABELS = ("0", "1")
@@ -43,7 +45,7 @@ class Pair:
     line: int
 
 
-class PairListError(ValueError):
+class PairListError(InputError):
     """Invalid pair list lines or images; ``problems`` holds one ``file:line: what is wrong`` each."""
 
     def __init__(self, problems: Sequence[str]):
@@ -69,10 +71,10 @@ def find_pair_lists(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Pair list folder {root} does not exist or is not a folder")
+        raise InputFileNotFoundError(f"Pair list folder {root} does not exist or is not a folder")
     lists = sorted(path for path in root.iterdir() if path.is_file() and path.suffix.lower() == ".txt")
     if not lists:
-        raise FileNotFoundError(
+        raise InputFileNotFoundError(
             f"No pair lists (.txt files) directly in {root}; put lists with one "
             "'query, reference[, label]' a line there"
         )
@@ -119,7 +121,7 @@ def _odd_kind_problems(pairs: list[Pair]) -> list[tuple[int, str]]:
 def _read_list(path: Path) -> tuple[list[Pair], list[tuple[int, str]]]:
     """The valid pairs of one list and its problems as ``(line, what is wrong)`` in line order."""
     if not path.is_file():
-        raise FileNotFoundError(f"Pair list {path} does not exist")
+        raise InputFileNotFoundError(f"Pair list {path} does not exist")
     source = str(path)
     pairs: list[Pair] = []
     issues: list[tuple[int, str]] = []
@@ -179,11 +181,21 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
+def _outside_root_problem(name: str, image_root: Path) -> str | None:
+    """Why the list path ``name`` leaves ``image_root`` (absolute, or ``..`` above it), or None."""
+    if Path(name).is_absolute():
+        return f"path {name} is absolute; paths must be relative to the dataset root {image_root}"
+    if os.path.normpath(name).split(os.sep)[0] == os.pardir:
+        return f"path {name} leads outside the dataset root {image_root}"
+    return None
+
+
 def read_pair_lists(
     paths: Iterable[str | Path],
     image_root: str | Path,
     skip_invalid: bool = False,
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> tuple[list[Pair], list[str]]:
     """Read pair lists and check that every image they name exists and can be opened.
 
@@ -195,17 +207,19 @@ def read_pair_lists(
         image_root: the dataset root the image paths are relative to.
         skip_invalid: drop invalid lines and pairs with bad images (with a warning) instead of raising.
         check_images: check the images (existence, PIL can open them and read their size).
+        allow_outside_root: accept absolute paths and paths with ``..`` that leave ``image_root``
+            (otherwise each is a problem of its line, unless ``vpr.data.allow_outside_root=true``).
 
     Returns:
         The valid pairs (in list and line order) and the problems found (empty if none).
 
     Raises:
         PairListError: there are problems and ``skip_invalid`` is false.
-        ValueError: ``skip_invalid`` is true but no valid pair is left.
+        InputError: ``skip_invalid`` is true but no valid pair is left.
     """
     paths = [Path(path) for path in paths]
     if not paths:
-        raise ValueError("No pair lists given")
+        raise InputError("No pair lists given")
     image_root = Path(image_root)
     pairs: list[Pair] = []
     issues: list[tuple[int, int, str]] = []  # (list index, line, what is wrong), to sort by file and line
@@ -213,10 +227,14 @@ def read_pair_lists(
         list_pairs, list_issues = _read_list(path)
         pairs += list_pairs
         issues += [(list_index, line, what) for line, what in list_issues]
-    if check_images:
+    if check_images or not allow_outside_root:
         list_indices = {str(path): list_index for list_index, path in enumerate(paths)}
         distinct = dict.fromkeys(name for pair in pairs for name in (pair.query, pair.reference))
-        image_problems = {name: _image_problem(image_root / name) for name in distinct}
+        image_problems = {
+            name: (None if allow_outside_root else _outside_root_problem(name, image_root))
+            or (_image_problem(image_root / name) if check_images else None)
+            for name in distinct
+        }
         kept = []
         for pair in pairs:
             pair_issues = [
@@ -240,7 +258,7 @@ def read_pair_lists(
             problems[0],
         )
     if not pairs:
-        raise ValueError(
+        raise InputError(
             f"No valid pairs left in {', '.join(map(str, paths))} after skipping {len(problems)} "
             f"problem(s); first: {problems[0]}"
         )
@@ -257,15 +275,15 @@ def split_by_query(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tup
         ``(train, val)``, both non-empty and each in input order.
 
     Raises:
-        ValueError: ``val_fraction`` is not in (0, 1), or there are fewer than two query images.
+        InputError: ``val_fraction`` is not in (0, 1), or there are fewer than two query images.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        raise InputError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     queries: dict[str, int] = {}
     for pair in pairs:
         queries[pair.query] = queries.get(pair.query, 0) + 1
     if len(queries) < 2:
-        raise ValueError(
+        raise InputError(
             f"Cannot split {len(pairs)} pair(s) by query image: need at least 2 distinct query "
             f"images, got {len(queries)}; add pairs or disable the validation split"
         )

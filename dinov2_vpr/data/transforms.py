@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dinov2.utils.errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -22,7 +24,7 @@ class ImageTransform:
     def __init__(self, image_size: Sequence[int], patch_size: int = 14) -> None:
         height, width = (int(side) for side in image_size)
         if height % patch_size or width % patch_size:
-            raise ValueError(
+            raise InputError(
                 f"vpr.data.image_size={[height, width]} must be multiples of the patch size {patch_size} "
                 f"(e.g. {[max(1, height // patch_size) * patch_size, max(1, width // patch_size) * patch_size]})"
             )
@@ -42,9 +44,13 @@ class ImageTransform:
 
 
 def load_image(path: str | Path, transform: ImageTransform) -> torch.Tensor:
-    """Read ``path`` and preprocess it; the error names the file."""
+    """Read ``path`` and preprocess it.
+
+    Raises:
+        InputError: the file is missing or no readable image; the message names it.
+    """
     try:
         with Image.open(path) as image:
             return transform(image)
     except (OSError, ValueError) as error:
-        raise OSError(f"Cannot read image {path}: {error}") from error
+        raise InputError(f"Cannot read image {path}: {error}") from error

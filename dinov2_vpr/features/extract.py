@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dinov2 import distributed
 from dinov2.logging import MetricLogger
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.transforms import ImageTransform, load_image
 from dinov2_vpr.features.cache import FeatureCache, image_identity
 from dinov2_vpr.features.pooling import FEATURE_NAMES, backbone_features
@@ -26,8 +27,18 @@ class _ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Tensor:
-        return load_image(self.paths[index], self.transform)
+    def __getitem__(self, index: int) -> Tensor | str:
+        """The preprocessed image, or why it cannot be read: raised in the main process, so that a
+        loader worker does not wrap the message in its traceback."""
+        try:
+            return load_image(self.paths[index], self.transform)
+        except InputError as error:
+            return str(error)
+
+
+def _stack_or_problem(items: list[Tensor | str]) -> Tensor | str:
+    """The batch of images, or the first image's problem."""
+    return next((item for item in items if isinstance(item, str)), None) or torch.stack(items)
 
 
 def _encode_into_cache(
@@ -42,7 +53,9 @@ def _encode_into_cache(
     chunk_size: int,
 ) -> None:
     device = next(backbone.parameters()).device
-    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(
+        _ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_or_problem
+    )
     metric_logger = MetricLogger()
     buffered: list[dict[str, Tensor]] = []
     buffered_identities: list[str] = []
@@ -50,6 +63,8 @@ def _encode_into_cache(
     done = 0
     header = f"Extracting features (rank {distributed.get_rank()}, {len(paths)} images)"
     for batch in metric_logger.log_every(loader, max(1, 200 // batch_size), header):
+        if isinstance(batch, str):
+            raise InputError(f"{batch}; replace or remove the image (finished images stay in the cache)")
         with (
             torch.inference_mode(),
             torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float),

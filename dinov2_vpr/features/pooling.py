@@ -3,6 +3,8 @@
 import torch
 from torch import Tensor, nn
 
+from dinov2.utils.errors import InputError
+
 FEATURE_NAMES = ("cls", "patch_mean", "patch_gem")
 HEAD_INPUTS = {
     "cls": ("cls",),
@@ -28,7 +30,7 @@ def backbone_features(backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
 
 def _input_features(input_name: str) -> tuple[str, ...]:
     if input_name not in HEAD_INPUTS:
-        raise KeyError(f"vpr.head.input={input_name!r} is unknown; choose one of {sorted(HEAD_INPUTS)}")
+        raise InputError(f"vpr.head.input={input_name!r} is unknown; choose one of {sorted(HEAD_INPUTS)}")
     return HEAD_INPUTS[input_name]
 
 

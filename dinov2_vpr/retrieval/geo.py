@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dinov2.utils.errors import InputError
+
 UTM_NAME_PATTERN = "@<utm_east>@<utm_north>@<utm_zone_number>@<utm_zone_letter>@...@.jpg"
 
 
@@ -22,15 +24,15 @@ def parse_utm(path: str | Path) -> tuple[float, float]:
     name = Path(path).name
     fields = name.split("@")
     if not name.startswith("@") or len(fields) < 4:
-        raise ValueError(f"{path}: file name does not carry UTM coordinates; expected {UTM_NAME_PATTERN}")
+        raise InputError(f"{path}: file name does not carry UTM coordinates; expected {UTM_NAME_PATTERN}")
     try:
         east, north = float(fields[1]), float(fields[2])
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"{path}: UTM east/north {fields[1]!r}, {fields[2]!r} are not numbers; expected {UTM_NAME_PATTERN}"
         ) from None
     if not (math.isfinite(east) and math.isfinite(north)):
-        raise ValueError(f"{path}: UTM east/north must be finite numbers; expected {UTM_NAME_PATTERN}")
+        raise InputError(f"{path}: UTM east/north must be finite numbers; expected {UTM_NAME_PATTERN}")
     return east, north
 
 
@@ -51,7 +53,7 @@ def _column_indices(header: list[str], path: Path) -> tuple[int, int, int]:
     columns = [column.strip().lower() for column in header]
     missing = [column for column in ("name", "x", "y") if column not in columns]
     if missing:
-        raise ValueError(f"{path}:1: header {header} lacks column(s) {missing}; expected columns name,x,y")
+        raise InputError(f"{path}:1: header {header} lacks column(s) {missing}; expected columns name,x,y")
     return columns.index("name"), columns.index("x"), columns.index("y")
 
 
@@ -75,7 +77,7 @@ def read_positions_csv(path: str | Path, names: Sequence[str | Path]) -> np.ndar
     with path.open(newline="", encoding="utf-8") as file:
         rows = [(line_number, row) for line_number, row in enumerate(csv.reader(file), start=1) if any(row)]
     if not rows:
-        raise ValueError(f"{path}: empty positions file; expected rows name,x,y")
+        raise InputError(f"{path}: empty positions file; expected rows name,x,y")
     name_column, x_column, y_column = 0, 1, 2
     first_row = rows[0][1]
     if len(first_row) < 3 or not (_is_number(first_row[1]) and _is_number(first_row[2])):
@@ -85,18 +87,18 @@ def read_positions_csv(path: str | Path, names: Sequence[str | Path]) -> np.ndar
     positions: dict[str, tuple[float, float]] = {}
     for line_number, row in rows:
         if len(row) < needed:
-            raise ValueError(f"{path}:{line_number}: expected at least {needed} fields (name,x,y), got {row}")
+            raise InputError(f"{path}:{line_number}: expected at least {needed} fields (name,x,y), got {row}")
         name = row[name_column].strip()
         try:
             xy = (float(row[x_column]), float(row[y_column]))
         except ValueError:
-            raise ValueError(f"{path}:{line_number}: x/y of {name!r} are not numbers: {row}") from None
+            raise InputError(f"{path}:{line_number}: x/y of {name!r} are not numbers: {row}") from None
         if name in positions:
-            raise ValueError(f"{path}:{line_number}: frame {name!r} appears twice")
+            raise InputError(f"{path}:{line_number}: frame {name!r} appears twice")
         positions[name] = xy
     missing = [str(name) for name in names if str(name) not in positions]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path}: no position for {len(missing)} of {len(names)} frame(s), e.g. {missing[:3]}; "
             "the name column must hold the frame names exactly"
         )

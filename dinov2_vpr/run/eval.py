@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from dinov2 import distributed
-from dinov2.run.submit import add_launcher_args, submit_or_run
+from dinov2.run.cli import run_cli
+from dinov2.run.submit import add_launcher_args
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists
 from dinov2_vpr.descriptors import describe_image_files
@@ -45,12 +47,17 @@ def main(args: argparse.Namespace) -> dict:
         None,
     )
     if threshold is None:
-        raise SystemExit("error: zero-shot evaluation needs --threshold (a cosine similarity) to decide loop closures")
+        raise InputError("zero-shot evaluation needs --threshold (a cosine similarity) to decide loop closures")
 
     list_files = [
         path for item in args.pair_lists for path in (find_pair_lists(item) if Path(item).is_dir() else [Path(item)])
     ]
-    pairs, _ = read_pair_lists(list_files, args.dataset_root, skip_invalid=cfg.vpr.data.skip_invalid)
+    pairs, _ = read_pair_lists(
+        list_files,
+        args.dataset_root,
+        skip_invalid=cfg.vpr.data.skip_invalid,
+        allow_outside_root=cfg.vpr.data.allow_outside_root,
+    )
     image_paths, index = index_pairs(pairs, args.dataset_root)
     descriptors = describe_image_files(cfg, args.pretrained_weights, head_state, image_paths, args.output_dir)
     scores = cosine_scores(torch.from_numpy(descriptors), index)
@@ -71,4 +78,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    submit_or_run(get_args_parser().parse_args(), main)
+    run_cli(get_args_parser(), main)

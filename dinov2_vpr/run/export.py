@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
+from dinov2.run.cli import run_cli
 from dinov2_vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS
 from dinov2_vpr.export import DEFAULT_TOLERANCE, EXPORT_FORMATS, export_model
@@ -76,4 +77,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(get_args_parser(), main, launcher=False)

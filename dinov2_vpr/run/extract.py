@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 
 from dinov2 import distributed
-from dinov2.run.submit import add_launcher_args, submit_or_run
+from dinov2.run.cli import run_cli
+from dinov2.run.submit import add_launcher_args
 from dinov2_vpr.data.images import list_images
 from dinov2_vpr.descriptors import describe_image_files, save_descriptor_files
 from dinov2_vpr.io import atomic_write_text
@@ -66,4 +67,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    submit_or_run(get_args_parser().parse_args(), main)
+    run_cli(get_args_parser(), main)

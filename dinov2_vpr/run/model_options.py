@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from dinov2 import distributed
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
+from dinov2.utils.errors import InputError
 from dinov2_vpr.config import setup_vpr_config
 from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, describe_model
 
@@ -31,14 +32,19 @@ def get_model_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_backbone_args(args: argparse.Namespace) -> None:
+    """Exactly one of ``--pretrained-weights`` and ``--random-backbone``."""
+    if not args.pretrained_weights and not args.random_backbone:
+        raise InputError("--pretrained-weights is required (or --random-backbone, for testing only)")
+    if args.pretrained_weights and args.random_backbone:
+        raise InputError("give either --pretrained-weights or --random-backbone, not both")
+
+
 def check_model_args(args: argparse.Namespace) -> None:
     """Reject contradictory or missing model options before any work starts."""
-    if not args.pretrained_weights and not args.random_backbone:
-        raise SystemExit("error: --pretrained-weights is required (or --random-backbone, for testing only)")
-    if args.pretrained_weights and args.random_backbone:
-        raise SystemExit("error: give either --pretrained-weights or --random-backbone, not both")
+    check_backbone_args(args)
     if args.head and args.zero_shot:
-        raise SystemExit("error: --zero-shot describes images without a head; give either --head or --zero-shot")
+        raise InputError("--zero-shot describes images without a head; give either --head or --zero-shot")
 
 
 def setup_run(args: argparse.Namespace) -> DictConfig:

@@ -14,7 +14,9 @@ import logging
 from pathlib import Path
 
 from dinov2 import distributed
-from dinov2.run.submit import add_launcher_args, submit_or_run
+from dinov2.run.cli import run_cli
+from dinov2.run.submit import add_launcher_args
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.images import list_images
 from dinov2_vpr.descriptors import describe_image_files, save_descriptor_files
 from dinov2_vpr.io import atomic_write_text
@@ -70,16 +72,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     if min(args.recall_values) < 1:
-        raise SystemExit(f"error: --recall-values must be positive; got {args.recall_values}")
+        raise InputError(f"--recall-values must be positive; got {args.recall_values}")
     if not args.positive_dist_threshold > 0:
-        raise SystemExit(f"error: --positive-dist-threshold must be positive; got {args.positive_dist_threshold}")
+        raise InputError(f"--positive-dist-threshold must be positive; got {args.positive_dist_threshold}")
     if not 0 <= args.num_preds_to_save <= max(args.recall_values):
-        raise SystemExit(
-            f"error: --num-preds-to-save must be between 0 and the largest recall value {max(args.recall_values)}; "
+        raise InputError(
+            f"--num-preds-to-save must be between 0 and the largest recall value {max(args.recall_values)}; "
             f"got {args.num_preds_to_save}"
         )
     if args.num_queries_to_save is not None and args.num_queries_to_save < 1:
-        raise SystemExit(f"error: --num-queries-to-save must be at least 1; got {args.num_queries_to_save}")
+        raise InputError(f"--num-queries-to-save must be at least 1; got {args.num_queries_to_save}")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -91,8 +93,8 @@ def main(args: argparse.Namespace) -> dict:
     query_paths = list_images(args.queries_folder or root / "queries")
     database_xy, query_xy = utm_positions(database_paths), utm_positions(query_paths)
     if max(args.recall_values) > len(database_paths):
-        raise SystemExit(
-            f"error: --recall-values up to {max(args.recall_values)} exceed the {len(database_paths)} database images"
+        raise InputError(
+            f"--recall-values up to {max(args.recall_values)} exceed the {len(database_paths)} database images"
         )
     logger.info("%d database images and %d queries under %s", len(database_paths), len(query_paths), root)
     descriptors = describe_image_files(
@@ -142,4 +144,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    submit_or_run(get_args_parser().parse_args(), main)
+    run_cli(get_args_parser(), main)

@@ -15,14 +15,16 @@ from omegaconf import OmegaConf
 
 from dinov2 import distributed
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
-from dinov2.run.submit import add_launcher_args, submit_or_run
+from dinov2.run.cli import run_cli
+from dinov2.run.submit import add_launcher_args
+from dinov2.utils.errors import InputError
 from dinov2_vpr.checkpoint import HEAD_FILE, load_head_file
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_query
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 from dinov2_vpr.pipeline import image_features
-from dinov2_vpr.run.model_options import setup_run
+from dinov2_vpr.run.model_options import check_backbone_args, setup_run
 from dinov2_vpr.train import train_head
 
 logger = logging.getLogger("dinov2")
@@ -52,12 +54,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject contradictory or missing options before any work starts."""
-    if not args.pretrained_weights and not args.random_backbone:
-        raise SystemExit("error: --pretrained-weights is required (or --random-backbone, for testing only)")
-    if args.pretrained_weights and args.random_backbone:
-        raise SystemExit("error: give either --pretrained-weights or --random-backbone, not both")
+    check_backbone_args(args)
     if args.use_pretrain_MLP and not args.MLP_weight_path:
-        raise SystemExit("error: --use-pretrain-MLP needs --MLP-weight-path")
+        raise InputError("--use-pretrain-MLP needs --MLP-weight-path")
 
 
 def _options(args: argparse.Namespace) -> list[str]:
@@ -75,14 +74,19 @@ def main(args: argparse.Namespace) -> dict:
     train_root = Path(args.train_path)
     image_root = Path(args.image_root or args.train_path)
     list_files = [train_root / name for name in cfg.vpr.data.train_lists] or find_pair_lists(train_root)
-    pairs, problems = read_pair_lists(list_files, image_root, skip_invalid=cfg.vpr.data.skip_invalid)
+    pairs, problems = read_pair_lists(
+        list_files,
+        image_root,
+        skip_invalid=cfg.vpr.data.skip_invalid,
+        allow_outside_root=cfg.vpr.data.allow_outside_root,
+    )
     unlabelled = sorted({pair.source for pair in pairs if pair.label is None})
     if unlabelled:
-        raise ValueError(f"Training needs labelled pair lists; these have no label column: {unlabelled}")
+        raise InputError(f"Training needs labelled pair lists; these have no label column: {unlabelled}")
     if args.split:
         train_pairs, val_pairs = split_by_query(pairs, cfg.vpr.data.val_fraction, cfg.vpr.train.seed)
         if len({pair.label for pair in val_pairs}) < 2:
-            raise ValueError(
+            raise InputError(
                 f"The validation part ({len(val_pairs)} pairs) holds only one label: raise vpr.data.val_fraction "
                 f"(now {cfg.vpr.data.val_fraction}) or add pairs"
             )
@@ -132,6 +136,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    arguments = get_args_parser().parse_args()
-    check_args(arguments)  # before a submission, too
-    submit_or_run(arguments, main)
+    run_cli(get_args_parser(), main, check=check_args)  # the options are checked before a submission, too
