@@ -9,6 +9,7 @@ from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.evaluate import cosine_scores, describe_rows
+from dinov2_vpr.heads import MLPHead
 from dinov2_vpr.registry import HEADS, LOSSES
 from dinov2_vpr.train import build_head, build_loss, train_head
 
@@ -81,3 +82,22 @@ def test_unknown_names_list_the_registered_ones():
         build_loss(build_vpr_config(None, ["vpr.loss.name=Triplet"]))
     with pytest.raises(InputError, match="vpr.head.input='patch'"):
         build_head(build_vpr_config(None, ["vpr.head.input=patch"]), 384)
+
+
+def test_dropout_masks_follow_the_global_batch_not_the_ranks():
+    head = MLPHead(8, hidden_dims=[16, 12], output_dim=4, dropout=0.25)
+    masks = head.draw_dropout_masks(6, torch.Generator().manual_seed(3))
+    again = head.draw_dropout_masks(6, torch.Generator().manual_seed(3))
+    assert [tuple(mask.shape) for mask in masks] == [(6, 16), (6, 12)]
+    assert all(torch.equal(a, b) for a, b in zip(masks, again))
+    torch.testing.assert_close(torch.cat([mask.flatten() for mask in masks]).unique(), torch.tensor([0.0, 1 / 0.75]))
+
+    # Rows computed apart (as on two ranks) equal the rows computed together (as on one).
+    features = torch.randn(6, 8)
+    head.train()
+    together = head(features, masks)
+    apart = torch.cat([head(features[rows], [mask[rows] for mask in masks]) for rows in ([0, 2, 4], [1, 3, 5])])
+    torch.testing.assert_close(apart, together[[0, 2, 4, 1, 3, 5]])
+    head.eval()
+    torch.testing.assert_close(head(features, masks), head(features))  # no dropout in eval mode
+    assert MLPHead(8, hidden_dims=[16], dropout=0.0).draw_dropout_masks(6, torch.Generator()) is None

@@ -226,7 +226,7 @@ def test_error_lists_first_20_problems_and_counts_the_rest(tmp_path):
     assert "  ... and 5 more" in message
 
 
-def test_skip_invalid_drops_bad_pairs_and_warns(tmp_path, caplog):
+def test_skip_invalid_drops_bad_pairs_and_warns(tmp_path, caplog, monkeypatch):
     images = ("q/1.jpg", "r/1.jpg", "q/2.jpg", "r/2.jpg")
     path = _write_list(
         tmp_path,
@@ -234,11 +234,30 @@ def test_skip_invalid_drops_bad_pairs_and_warns(tmp_path, caplog):
         "q/1.jpg, r/1.jpg, 1\nq/2.jpg, r/x.jpg, 0\nbad line\nq/2.jpg, r/2.jpg, 0\nq/1.jpg, r/1.jpg, 3\n",
         images,
     )
-    with caplog.at_level(logging.WARNING, logger="dinov2_vpr.data.pairs"):
+    # The project's logger, whose handlers write the run's logs/log.txt (caplog needs it to propagate).
+    monkeypatch.setattr(logging.getLogger("dinov2"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="dinov2"):
         pairs, problems = read_pair_lists([path], tmp_path, skip_invalid=True)
+    assert {record.name for record in caplog.records} == {"dinov2"}
     assert [pair.line for pair in pairs] == [1, 4]
     assert len(problems) == 3
     assert "3 problem(s), 2 valid pair(s) kept" in caplog.text
+
+
+def test_paths_outside_the_dataset_root_are_problems_unless_allowed(tmp_path):
+    root = tmp_path / "dataset"
+    outside = tmp_path / "elsewhere" / "x.jpg"
+    _write_image(outside)
+    text = f"q/1.jpg, r/1.jpg, 1\nq/1.jpg, ../elsewhere/x.jpg, 0\n{outside}, r/1.jpg, 0\nq/../r/1.jpg, q/1.jpg, 1\n"
+    path = _write_list(root, "list.txt", text, ("q/1.jpg", "r/1.jpg"))
+    with pytest.raises(PairListError) as error:
+        read_pair_lists([path], root)
+    assert error.value.problems == [
+        f"{path}:2: reference image path ../elsewhere/x.jpg leads outside the dataset root {root}",
+        f"{path}:3: query image path {outside} is absolute; paths must be relative to the dataset root {root}",
+    ]
+    pairs, problems = read_pair_lists([path], root, allow_outside_root=True)
+    assert [pair.line for pair in pairs] == [1, 2, 3, 4] and problems == []
 
 
 def test_skip_invalid_with_nothing_left_raises(tmp_path):

@@ -8,6 +8,7 @@ the process was started with ``--trust-pickle`` (:func:`set_trust_pickle`).
 
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +55,32 @@ def load_torch_file(path: str | Path, what: str = "file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if _RESTRICTED_FAILURE not in str(error):
-            raise InputError(f"{what} {path} is not a PyTorch file that can be read: {_first_line(error)}") from None
+        refused = _refused_global(error)
+        if _RESTRICTED_FAILURE not in str(error) or (refused is None and not _trust_pickle):
+            raise InputError(f"{what} {path} is not a PyTorch file that can be read: {_reason(error)}") from None
         if not _trust_pickle:
             raise UntrustedFileError(
                 f"{what} {path} holds pickled objects beyond tensors, numbers, strings, lists and dicts "
-                f"({_refused_global(error)}); loading it could run code it carries, so it was refused. "
+                f"({refused}); loading it could run code it carries, so it was refused. "
                 "Re-save it as a plain state dict, or pass --trust-pickle if you trust its source."
             ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise InputError(f"{what} {path} is not a PyTorch file that can be read: {_first_line(error)}") from None
+        raise InputError(f"{what} {path} is not a PyTorch file that can be read: {_reason(error)}") from None
     logger.warning("Fully unpickling %s %s (--trust-pickle)", what, path)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a corrupt pickle can fail in any way
+        raise InputError(f"{what} {path} is not a PyTorch file that can be read: {_reason(error)}") from None
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _reason(error: BaseException) -> str:
+    """The line of PyTorch's message that says what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    unpickler = next((line for line in lines if line.startswith(("WeightsUnpickler", "Unsupported"))), None)
+    return (unpickler or (lines[0] if lines else type(error).__name__)).removeprefix("WeightsUnpickler error: ")
 
 
-def _refused_global(error: BaseException) -> str:
-    """The part of PyTorch's message that names what the restricted unpickler refused."""
-    for line in str(error).splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line or "Unsupported class" in line:
-            return line.strip().removeprefix("WeightsUnpickler error: ")
-    return _first_line(error)
+def _refused_global(error: BaseException) -> str | None:
+    """What the restricted unpickler refused to import (``GLOBAL module.name``), or None for other failures."""
+    match = re.search(r"Unsupported global: (GLOBAL \S+)", str(error))
+    return match.group(1) if match else None

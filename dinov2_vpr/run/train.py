@@ -95,10 +95,10 @@ def main(args: argparse.Namespace) -> dict:
         train_pairs, val_pairs = pairs, pairs
     logger.info("%d training and %d validation pairs from %d lists", len(train_pairs), len(val_pairs), len(list_files))
 
+    initial = load_head_file(args.MLP_weight_path)["head"] if args.use_pretrain_MLP else None
     image_paths, index = index_pairs(train_pairs + val_pairs, image_root)
     features, embed_dim = image_features(cfg, args.pretrained_weights, image_paths, args.output_dir)
     inputs = head_input(features, cfg.vpr.head.input)
-    initial = load_head_file(args.MLP_weight_path)["head"] if args.use_pretrain_MLP else None
     train_index = index.subset(range(len(train_pairs)))
     val_index = index.subset(range(len(train_pairs), len(index)))
     result = train_head(
