@@ -1,4 +1,4 @@
-"""The one place where heads and losses are registered by name (fvcore registries)."""
+"""The one place where heads, aggregators and losses are registered by name (fvcore registries)."""
 
 from fvcore.common.registry import Registry
 
@@ -6,6 +6,11 @@ from dinov2.utils.errors import InputError
 
 HEADS = Registry("HEADS")
 HEADS.__doc__ = "Heads turning backbone features into descriptors: ``HEADS.get(name)(input_dim, **cfg)``."
+
+AGGREGATORS = Registry("AGGREGATORS")
+AGGREGATORS.__doc__ = (
+    "Aggregators turning a backbone's tokens into descriptors: ``AGGREGATORS.get(name)(embed_dim, **cfg)``."
+)
 
 LOSSES = Registry("LOSSES")
 LOSSES.__doc__ = "Pair losses on cosine similarities: ``LOSSES.get(name)(**cfg)(similarity, labels)``."

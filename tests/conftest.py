@@ -29,6 +29,11 @@ def pairlists_dir() -> Path:
     return shared_fixture_dir("pairlists")
 
 
+@pytest.fixture(scope="session")
+def vpr_methods_dir() -> Path:
+    return shared_fixture_dir("vpr_methods")
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A random ViT-S/14 on 56x56 images with a tiny head: the whole pipeline in seconds on a CPU.
@@ -39,6 +44,7 @@ TINY_MODEL_OPTS = [
     "vpr.head.hidden_dims=[32]",
     "vpr.head.output_dim=16",
     "vpr.head.dropout=0.0",
+    "vpr.features.precision=fp32",  # exact comparisons; test_precision.py covers auto and bf16
 ]
 
 

@@ -1,0 +1,6 @@
+"""Place models: a DINOv2 backbone, a registered aggregator and an optional head; the released SALAD and BoQ."""
+
+from .place_model import PlaceModel
+from .released import load_released_model
+
+__all__ = ["PlaceModel", "load_released_model"]
