@@ -71,7 +71,7 @@ def _extract_state_dict(checkpoint: Any, checkpoint_key: str | None, source: str
     return checkpoint
 
 
-def _diagnose(model_state: Mapping[str, Tensor], checkpoint: Mapping[str, Tensor]) -> list[str]:
+def checkpoint_hints(model_state: Mapping[str, Tensor], checkpoint: Mapping[str, Tensor]) -> list[str]:
     """Hints on which config would fit the checkpoint, from its keys and shapes."""
     hints = []
     ckpt_registers = checkpoint.get("register_tokens")
@@ -151,7 +151,7 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoin
             if keys:
                 more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
                 lines.append(f"  {len(keys)} {title}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
-        hints = _diagnose(model_state, state_dict)
+        hints = checkpoint_hints(model_state, state_dict)
         lines.extend(f"  hint: {hint}" for hint in hints)
         if not hints:
             lines.append("  hint: check --config-file and the checkpoint key (teacher for training checkpoints)")

@@ -13,7 +13,7 @@ from dinov2.configs import load_and_merge_config
 from dinov2.models import DinoVisionTransformer, build_model_from_cfg
 from dinov2.utils.errors import InputError
 from dinov2.utils.files import load_torch_file
-from dinov2.utils.utils import _diagnose as backbone_hints
+from dinov2.utils.utils import checkpoint_hints as backbone_hints
 
 from .aggregators import SALAD, Aggregator, BoQ
 from .place_model import PlaceModel, backbone_blocks
