@@ -36,6 +36,7 @@ def measure(count: int) -> dict:
     from dinov2_vpr.data.transforms import ImageTransform
     from dinov2_vpr.features.cache import FeatureCache
     from dinov2_vpr.features.extract import extract_features
+    from dinov2_vpr.features.pooling import pooled_encoder
 
     with tempfile.TemporaryDirectory() as folder:
         paths = make_images(Path(folder), count)
@@ -43,7 +44,10 @@ def measure(count: int) -> dict:
         transform = ImageTransform((224, 224))
         cache = FeatureCache(Path(folder) / "cache", {"bench": count})
         start = time.perf_counter()
-        extract_features(backbone, paths, cache, transform, batch_size=32, num_workers=1, chunk_size=256)
+        encode = pooled_encoder(backbone, torch.float)
+        extract_features(
+            encode, torch.device("cpu"), paths, cache, transform, batch_size=32, num_workers=1, chunk_size=256
+        )
         seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "peak_rss_mib": peak_mib}

@@ -32,27 +32,28 @@ def extract_worker(image_list: Path, image_size: int, cache_dir: Path, result_fi
     from dinov2 import distributed
     from dinov2_vpr.backbone import feature_settings, load_backbone
     from dinov2_vpr.config import build_vpr_config
-    from dinov2_vpr.data.transforms import ImageTransform
+    from dinov2_vpr.data.transforms import image_transform
     from dinov2_vpr.features.cache import FeatureCache
     from dinov2_vpr.features.extract import extract_features
+    from dinov2_vpr.features.pooling import pooled_encoder
 
     logging.getLogger("dinov2").setLevel(logging.ERROR)  # the random-backbone warning, once per process
     distributed.enable()
     cfg = build_vpr_config(str(CONFIG_FILE), [f"vpr.data.image_size=[{image_size},{image_size}]"])
     backbone, autocast_dtype = load_backbone(cfg, None)
-    transform = ImageTransform(cfg.vpr.data.image_size, patch_size=cfg.student.patch_size)
+    transform = image_transform(cfg)
     cache = FeatureCache(cache_dir, feature_settings(cfg, None, transform, autocast_dtype))
     paths = image_list.read_text().split("\n")
     distributed.barrier()
     started = time.perf_counter()
     features = extract_features(
-        backbone,
+        pooled_encoder(backbone, autocast_dtype),
+        next(backbone.parameters()).device,
         paths,
         cache,
         transform,
         batch_size=cfg.vpr.features.batch_size,
         num_workers=0,
-        autocast_dtype=autocast_dtype,
         chunk_size=cfg.vpr.features.chunk_size,
     )
     distributed.barrier()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from dinov2.utils.errors import InputError
 from dinov2_vpr.backbone import features_autocast_dtype, load_backbone
 from dinov2_vpr.config import build_vpr_config
-from dinov2_vpr.data.transforms import ImageTransform, load_image
+from dinov2_vpr.data.transforms import ImageTransform, image_transform, load_image
 from dinov2_vpr.descriptor_config import configure_descriptor, describe_model
 from dinov2_vpr.features.pooling import backbone_features, head_input
 from dinov2_vpr.train import build_head
@@ -175,7 +175,7 @@ def load_place_model(
         backbone,
         head_module.to(next(backbone.parameters()).device),
         cfg.vpr.head.input,
-        ImageTransform(cfg.vpr.data.image_size, patch_size=cfg.student.patch_size),
+        image_transform(cfg),
         autocast_dtype,
         config=cfg,
         settings=describe_model(cfg, head, zero_shot, weights),

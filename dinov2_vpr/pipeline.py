@@ -8,9 +8,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from dinov2_vpr.backbone import feature_settings, load_backbone
-from dinov2_vpr.data.transforms import ImageTransform
+from dinov2_vpr.data.transforms import image_transform
 from dinov2_vpr.features.cache import FeatureCache
 from dinov2_vpr.features.extract import extract_features
+from dinov2_vpr.features.pooling import pooled_encoder
 
 logger = logging.getLogger("dinov2")
 
@@ -25,18 +26,18 @@ def image_features(
 ) -> tuple[dict[str, Tensor], int]:
     """Backbone features of ``image_paths`` (encoding only what the cache lacks) and the backbone width."""
     backbone, autocast_dtype = load_backbone(cfg, pretrained_weights)
-    transform = ImageTransform(cfg.vpr.data.image_size, patch_size=cfg.student.patch_size)
+    transform = image_transform(cfg)
     cache = FeatureCache(
         cache_root(cfg, output_dir), feature_settings(cfg, pretrained_weights, transform, autocast_dtype)
     )
     features = extract_features(
-        backbone,
+        pooled_encoder(backbone, autocast_dtype),
+        next(backbone.parameters()).device,
         image_paths,
         cache,
         transform,
         batch_size=cfg.vpr.features.batch_size,
         num_workers=cfg.vpr.data.num_workers,
-        autocast_dtype=autocast_dtype,
         chunk_size=cfg.vpr.features.chunk_size,
     )
     return features, backbone.embed_dim

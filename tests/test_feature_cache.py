@@ -11,6 +11,7 @@ from dinov2.models.vision_transformer import DinoVisionTransformer
 from dinov2_vpr.data.transforms import ImageTransform
 from dinov2_vpr.features.cache import FeatureCache
 from dinov2_vpr.features.extract import extract_features
+from dinov2_vpr.features.pooling import pooled_encoder
 
 
 class CountingBackbone(torch.nn.Module):
@@ -49,7 +50,10 @@ def images(tmp_path):
 def _extract(backbone, paths, cache_root, settings=None, chunk_size=512):
     transform = ImageTransform((56, 56))
     cache = FeatureCache(cache_root, settings or {"weights": "tiny", "transform": transform.settings()})
-    return extract_features(backbone, paths, cache, transform, batch_size=2, chunk_size=chunk_size), cache
+    encode = pooled_encoder(backbone, torch.float)
+    return extract_features(
+        encode, torch.device("cpu"), paths, cache, transform, batch_size=2, chunk_size=chunk_size
+    ), cache
 
 
 def test_second_extraction_encodes_nothing(images, tmp_path):

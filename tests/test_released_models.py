@@ -2,14 +2,18 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from dinov2.hub.backbones import dinov2_vits14
 from dinov2.models import DinoVisionTransformer
 from dinov2.utils.errors import InputError
-from dinov2_vpr.data.presets import PRESETS
-from dinov2_vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dinov2_vpr.config import build_vpr_config
+from dinov2_vpr.data.presets import preset_options
+from dinov2_vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from dinov2_vpr.models import load_released_model
 from dinov2_vpr.models.released import RELEASED_LAYOUTS, convert_released_state_dict
 
@@ -103,9 +107,25 @@ def test_loads_a_file_in_the_lightning_layout(vpr_methods_dir, tmp_path):
         assert (model(fixture["inputs"][0]) - fixture["outputs"][0]).abs().max() < 1e-5
 
 
-def test_presets_follow_the_official_evaluations():
-    salad, boq = PRESETS["salad"].settings(), PRESETS["boq"].settings()
-    assert (salad["resample"], salad["resize_input"]) == ("bilinear", "pil")
-    assert (boq["resample"], boq["resize_input"], boq["antialias"]) == ("bicubic", "tensor", True)
-    assert salad["image_size"] == boq["image_size"] == (322, 322)
-    assert salad["mean"] == boq["mean"] == IMAGENET_MEAN and salad["std"] == boq["std"] == IMAGENET_STD
+def test_method_presets_set_the_official_preprocessing():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    expected = {
+        # SALAD: the PIL image resized bilinearly, then made a tensor.
+        "salad": to_tensor(image.resize((322, 322), Image.BILINEAR)),
+        # BoQ: the tensor resized bicubically with antialiasing.
+        "boq": F.interpolate(to_tensor(image)[None], size=(322, 322), mode="bicubic", antialias=True)[0],
+    }
+    for method, pixels in expected.items():
+        cfg = build_vpr_config(None, preset_options(method))
+        transform = ImageTransform(cfg.vpr.data.image_size, resize=cfg.vpr.data.resize)
+        torch.testing.assert_close(transform(image), (pixels - mean) / std, rtol=0, atol=1e-6)
+    settings = [
+        ImageTransform(build_vpr_config(None, preset_options(method)).vpr.data.image_size, resize=resize).settings()
+        for method, resize in (("salad", "pil_bilinear"), ("boq", "tensor_bicubic_antialias"))
+    ]
+    assert settings[0] != settings[1], "the resize mode is part of the cache key"
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)

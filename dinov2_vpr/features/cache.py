@@ -39,10 +39,13 @@ class FeatureCache:
 
     Args:
         root: the cache root (``<output-dir>/feature_cache`` or ``--cache-dir``).
-        settings: everything that determines the features; its hash names the folder.
+        settings: everything that determines the features (what they are included); its hash names the folder.
+        names: the features kept of each image: the pooled backbone features (``FEATURE_NAMES``), or
+            a place model's ``("descriptor",)``.
     """
 
-    def __init__(self, root: str | Path, settings: dict) -> None:
+    def __init__(self, root: str | Path, settings: dict, names: Sequence[str] = FEATURE_NAMES) -> None:
+        self.names = tuple(names)
         self.folder = Path(root) / settings_digest(settings)
         self.folder.mkdir(parents=True, exist_ok=True)
         settings_file = self.folder / "settings.json"
@@ -70,7 +73,7 @@ class FeatureCache:
 
     def write_chunk(self, identities: Sequence[str], features: dict[str, Tensor]) -> None:
         """Commit features of ``identities`` (rows in order) as one new chunk file."""
-        features = {name: features[name].detach().cpu().float().contiguous() for name in FEATURE_NAMES}
+        features = {name: features[name].detach().cpu().float().contiguous() for name in self.names}
         name = f"chunk-{uuid.uuid4().hex}.pt"
         atomic_save_torch({"identities": list(identities), "features": features}, self.folder / name)
         for row, identity in enumerate(identities):
@@ -84,5 +87,5 @@ class FeatureCache:
             raise KeyError(f"{len(absent)} images are not in the feature cache {self.folder}, e.g. {absent[0]}")
         return {
             name: torch.stack([self._rows[identity][0][name][self._rows[identity][1]] for identity in identities])
-            for name in FEATURE_NAMES
+            for name in self.names
         }

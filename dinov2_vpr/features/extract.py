@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dinov2 import distributed
@@ -14,7 +14,7 @@ from dinov2.logging import MetricLogger
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.transforms import ImageTransform, load_image
 from dinov2_vpr.features.cache import FeatureCache, image_identity
-from dinov2_vpr.features.pooling import FEATURE_NAMES, backbone_features
+from dinov2_vpr.features.pooling import Encoder
 
 logger = logging.getLogger("dinov2")
 
@@ -42,17 +42,16 @@ def _stack_or_problem(items: list[Tensor | str]) -> Tensor | str:
 
 
 def _encode_into_cache(
-    backbone: nn.Module,
+    encode: Encoder,
+    device: torch.device,
     paths: Sequence[Path],
     identities: Sequence[str],
     cache: FeatureCache,
     transform: ImageTransform,
     batch_size: int,
     num_workers: int,
-    autocast_dtype: torch.dtype,
     chunk_size: int,
 ) -> None:
-    device = next(backbone.parameters()).device
     loader = DataLoader(
         _ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_or_problem
     )
@@ -65,31 +64,26 @@ def _encode_into_cache(
     for batch in metric_logger.log_every(loader, max(1, 200 // batch_size), header):
         if isinstance(batch, str):
             raise InputError(f"{batch}; replace or remove the image (finished images stay in the cache)")
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float),
-        ):
-            buffered.append(
-                {name: value.cpu() for name, value in backbone_features(backbone, batch.to(device)).items()}
-            )
+        with torch.inference_mode():
+            buffered.append({name: value.cpu() for name, value in encode(batch.to(device)).items()})
         buffered_identities.extend(identities[done : done + len(batch)])
         done += len(batch)
         metric_logger.update(images_per_s=done / (time.perf_counter() - start))
         if len(buffered_identities) >= chunk_size or done == len(paths):
             cache.write_chunk(
-                buffered_identities, {name: torch.cat([b[name] for b in buffered]) for name in FEATURE_NAMES}
+                buffered_identities, {name: torch.cat([b[name] for b in buffered]) for name in cache.names}
             )
             buffered, buffered_identities = [], []
 
 
 def extract_features(
-    backbone: nn.Module,
+    encode: Encoder,
+    device: torch.device,
     image_paths: Sequence[str | Path],
     cache: FeatureCache,
     transform: ImageTransform,
     batch_size: int = 32,
     num_workers: int = 0,
-    autocast_dtype: torch.dtype = torch.float,
     chunk_size: int = 512,
 ) -> dict[str, Tensor]:
     """Features of ``image_paths`` (in order), encoding only the images the cache lacks.
@@ -97,8 +91,18 @@ def extract_features(
     Under ``torch.distributed`` each rank encodes a disjoint slice of the missing images, so no
     image is encoded twice; every rank returns the complete features.
 
+    Args:
+        encode: a batch of preprocessed images on ``device`` to the features named by ``cache.names``
+            (e.g. :func:`dinov2_vpr.features.pooling.pooled_encoder`); it runs under inference mode.
+        device: where the images go.
+        image_paths: the images.
+        cache: the cache of this setting.
+        transform: the preprocessing.
+        batch_size, num_workers: of the image loader.
+        chunk_size: images per cache chunk (the most an interruption can lose).
+
     Returns:
-        ``{"cls", "patch_mean", "patch_gem"}``, each ``(len(image_paths), D)`` float32 on the CPU.
+        ``cache.names`` to ``(len(image_paths), D)`` float32 tensors on the CPU.
     """
     paths = [Path(path) for path in image_paths]
     identities = [image_identity(path) for path in paths]
@@ -112,14 +116,14 @@ def extract_features(
         )
         if shard:
             _encode_into_cache(
-                backbone,
+                encode,
+                device,
                 [path for _, path in shard],
                 [identity for identity, _ in shard],
                 cache,
                 transform,
                 batch_size,
                 num_workers,
-                autocast_dtype,
                 chunk_size,
             )
     else:

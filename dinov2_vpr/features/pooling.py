@@ -1,5 +1,7 @@
 """What is kept of the backbone's tokens for each image, and how heads read it."""
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -12,6 +14,8 @@ HEAD_INPUTS = {
     "gem": ("patch_gem",),
 }
 GEM_POWER = 3.0
+# A batch of preprocessed images to the named features of each image, as the feature cache keeps them.
+Encoder = Callable[[Tensor], dict[str, Tensor]]
 
 
 def backbone_features(backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
@@ -26,6 +30,17 @@ def backbone_features(backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
         "patch_mean": patches.mean(dim=1),
         "patch_gem": patches.clamp(min=1e-6).pow(GEM_POWER).mean(dim=1).pow(1.0 / GEM_POWER),
     }
+
+
+def pooled_encoder(backbone: nn.Module, autocast_dtype: torch.dtype) -> Encoder:
+    """:func:`backbone_features` of a batch, the backbone under autocast in ``autocast_dtype``."""
+    device_type = next(backbone.parameters()).device.type
+
+    def encode(images: Tensor) -> dict[str, Tensor]:
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float):
+            return backbone_features(backbone, images)
+
+    return encode
 
 
 def _input_features(input_name: str) -> tuple[str, ...]:
