@@ -12,6 +12,7 @@ from dinov2 import distributed
 from dinov2.eval.setup import build_model_for_eval, get_autocast_dtype
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.transforms import ImageTransform
+from dinov2_vpr.io import file_digest
 
 logger = logging.getLogger("dinov2")
 
@@ -78,6 +79,30 @@ def weights_identity(pretrained_weights: str | None, seed: int) -> str:
         return f"random-init:seed={seed}"
     stat = os.stat(pretrained_weights)
     return f"{os.path.abspath(pretrained_weights)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def descriptor_settings(
+    cfg: DictConfig, pretrained_weights: str | None, transform: ImageTransform, autocast_dtype: torch.dtype
+) -> dict:
+    """Everything that determines a method model's descriptors (``vpr.model.method``), for their cache.
+
+    The model file is identified by its content; a random model by its seed and sizes.
+    """
+    method = cfg.vpr.model.method
+    if pretrained_weights:
+        model = {"file_sha256": file_digest(pretrained_weights)}
+    else:
+        sizes = OmegaConf.to_container(cfg.vpr.model.aggregator[method], resolve=True)
+        model = {"random-init": cfg.vpr.train.seed, "aggregator": sizes}
+    return {
+        "method": method,
+        "model": model,
+        "student": OmegaConf.to_container(cfg.student, resolve=True),
+        "global_crops_size": cfg.crops.global_crops_size,
+        "transform": transform.settings(),
+        "autocast": str(autocast_dtype),
+        "features": "descriptor:v1",
+    }
 
 
 def feature_settings(

@@ -44,6 +44,8 @@ def apply_head_config(cfg: DictConfig, head_state: dict, head_path: str | Path) 
 def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: str | None = None) -> dict | None:
     """Set ``cfg.vpr.head`` for a trained head or for zero-shot descriptors; return the head file's state.
 
+    With ``vpr.model.method`` set (``--method``) the method's model describes the images: nothing to set.
+
     Args:
         cfg: the run's config (changed in place).
         head: a ``head.pth`` or a training output folder; None for zero-shot descriptors.
@@ -54,11 +56,16 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
         The head file's contents (``{"head", "threshold", "config", ...}``), or None for zero-shot.
 
     Raises:
-        InputError: both a head and a zero-shot pooling, an unknown pooling, or a head trained
+        InputError: a head or a zero-shot pooling with a method, both a head and a zero-shot pooling, an unknown pooling, or a head trained
             with another backbone or preprocessing.
     """
     if head is not None and zero_shot is not None:
         raise InputError(f"Give either a trained head ({head}) or a zero-shot pooling ({zero_shot!r}), not both")
+    method = cfg.vpr.model.method
+    if method and (head is not None or zero_shot is not None):
+        raise InputError(f"The {method} model makes its own descriptors: give --method without --head or --zero-shot")
+    if method:
+        return None
     if head is not None:
         path = head_file_path(head)
         head_state = load_head_file(path)
@@ -75,11 +82,13 @@ def describe_model(
     cfg: DictConfig, head: str | Path | None, zero_shot: str | None, pretrained_weights: str | None
 ) -> dict:
     """What produced a set of descriptors, for the JSON written beside them."""
+    method = cfg.vpr.model.method
     return {
+        "method": method,
         "head": str(head_file_path(head).resolve()) if head is not None else None,
-        "zero_shot": None if head is not None else (zero_shot or "cls"),
-        "head_name": cfg.vpr.head.name,
-        "head_input": cfg.vpr.head.input,
+        "zero_shot": None if head is not None or method else (zero_shot or "cls"),
+        "head_name": None if method else cfg.vpr.head.name,
+        "head_input": None if method else cfg.vpr.head.input,
         "pretrained_weights": str(Path(pretrained_weights).resolve()) if pretrained_weights else None,
         "arch": cfg.student.arch,
         "patch_size": cfg.student.patch_size,

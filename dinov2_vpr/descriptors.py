@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from dinov2_vpr.evaluate import describe_rows
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_write, atomic_write_text
-from dinov2_vpr.pipeline import image_features
-from dinov2_vpr.train import build_head
+from dinov2_vpr.models import build_head
+from dinov2_vpr.pipeline import image_features, model_descriptors
 
 DESCRIPTOR_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -31,12 +31,15 @@ def describe_image_files(
     Args:
         cfg: the run's config, with ``vpr.head`` set by :func:`dinov2_vpr.descriptor_config.configure_descriptor`.
         pretrained_weights: backbone weights; None for a random backbone (tests only).
-        head_state: the head file's contents, or None for a parameter-free (zero-shot) head.
+        head_state: the head file's contents, or None for a parameter-free (zero-shot) head or a
+            method's model (``vpr.model.method``, whose descriptors are cached themselves).
         image_paths: the images.
         output_dir: the run folder (holds the cache unless ``vpr.features.cache_dir`` is set).
 
     Under ``torch.distributed`` the ranks share the encoding and every rank returns all descriptors.
     """
+    if cfg.vpr.model.method:
+        return model_descriptors(cfg, pretrained_weights, image_paths, output_dir).numpy().astype(np.float32)
     features, embed_dim = image_features(cfg, pretrained_weights, image_paths, output_dir)
     head = build_head(cfg, embed_dim)
     if head_state is not None:

@@ -1,5 +1,6 @@
 """Atomic file writes: the project's one way to write a file that readers never see half-written."""
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -75,3 +76,12 @@ def atomic_save_torch(obj: Any, path: str | Path) -> None:
 
     with atomic_write(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of the file's content (hex): the same file under any name or time gives the same digest."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

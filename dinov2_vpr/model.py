@@ -14,63 +14,62 @@ from PIL import Image
 from torch import Tensor, nn
 
 from dinov2.utils.errors import InputError
-from dinov2_vpr.backbone import features_autocast_dtype, load_backbone
+from dinov2_vpr.backbone import features_autocast_dtype
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.transforms import ImageTransform, image_transform, load_image
 from dinov2_vpr.descriptor_config import configure_descriptor, describe_model
-from dinov2_vpr.features.pooling import backbone_features, head_input
-from dinov2_vpr.train import build_head
+from dinov2_vpr.models import PlaceModel, build_place_model
+from dinov2_vpr.models.build import method_options
 
 ImageLike = Image.Image | Tensor | str | Path
 
 
 class PlaceDescriptor(nn.Module):
-    """Frozen backbone, pooling of its tokens and a descriptor head: images to unit-length descriptors.
+    """A :class:`~dinov2_vpr.models.PlaceModel` with its preprocessing and precision: images to unit descriptors.
 
     Args:
-        backbone: the DINOv2 backbone (``forward_features`` gives the normalised tokens).
-        head: a registered head, ``(B, D_in)`` features to ``(B, D)`` unit descriptors.
-        input_name: the backbone features the head reads (``cls``, ``cls+patch`` or ``gem``).
-        transform: the preprocessing of PIL images (size, ImageNet normalisation).
+        model: the place model (a method's, or the frozen backbone with pooled features and a head).
+        transform: the preprocessing of PIL images (size, resize mode, ImageNet normalisation).
         autocast_dtype: the backbone's precision in :meth:`describe` (``vpr.features.precision``).
         config: the resolved config the model was built from.
-        settings: what the model is (head file, weights, architecture), for the files written with descriptors.
+        settings: what the model is (head file, method, weights, architecture), for the files written with descriptors.
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
-        head: nn.Module,
-        input_name: str,
+        model: PlaceModel,
         transform: ImageTransform,
         autocast_dtype: torch.dtype = torch.float,
         config: DictConfig | None = None,
         settings: dict | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.input_name = input_name
+        self.model = model
         self.transform = transform
         self.autocast_dtype = autocast_dtype
         self.config = config
         self.settings = settings or {}
 
     @property
+    def backbone(self) -> nn.Module:
+        """The DINOv2 backbone."""
+        return self.model.backbone
+
+    @property
     def output_dim(self) -> int:
         """Width of the descriptors."""
-        return self.head.output_dim
+        return self.model.output_dim
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        return next(self.model.parameters()).device
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` normalised images (as :attr:`transform` makes them) to ``(B, D)`` unit descriptors.
 
         Runs in the parameters' precision; :meth:`describe` adds the backbone's autocast (``vpr.features.precision``).
         """
-        return self.head(head_input(backbone_features(self.backbone, images), self.input_name))
+        return self.model(images)
 
     def _image_tensors(self, images: ImageLike | Sequence[ImageLike]) -> Iterator[Tensor]:
         """Each image as a ``(3, H, W)`` tensor: PIL images and files are preprocessed, tensors taken as they are."""
@@ -117,12 +116,10 @@ class PlaceDescriptor(nn.Module):
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
         self.eval()
         device = self.device
-        descriptors = []
-        for batch in self._batches(images, batch_size):
-            enabled = self.autocast_dtype != torch.float
-            with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=enabled):
-                features = backbone_features(self.backbone, batch.to(device))
-            descriptors.append(self.head(head_input(features, self.input_name)).float().cpu())
+        descriptors = [
+            self.model.describe(batch.to(device), self.autocast_dtype).cpu()
+            for batch in self._batches(images, batch_size)
+        ]
         if not descriptors:
             raise ValueError("No images to describe")
         return torch.cat(descriptors)
@@ -142,45 +139,45 @@ def load_place_model(
     opts: Sequence[str] = (),
     random_backbone: bool = False,
     zero_shot: str | None = None,
+    method: str | None = None,
     device: str | torch.device | None = None,
 ) -> PlaceDescriptor:
-    """Build a :class:`PlaceDescriptor` once: backbone, pooling and head, frozen and in eval mode.
+    """Build a :class:`PlaceDescriptor` once, frozen and in eval mode.
 
     Args:
         head: a trained ``head.pth`` or training output folder; None for zero-shot descriptors.
-        pretrained_weights: the backbone weights (an official ``dinov2_*_pretrain.pth``).
+        pretrained_weights: the backbone weights (an official ``dinov2_*_pretrain.pth``), or with
+            ``method`` the method's released file (``dino_salad.ckpt``, ``dinov2_12288.pth``).
         config_file: the model config (e.g. ``dinov2/configs/eval/vits14_pretrain.yaml``); with a
-            head, the one it was trained with.
+            head, the one it was trained with; with a method, its backbone's (``vitb14_pretrain.yaml``).
         opts: config overrides ``key=value`` (e.g. ``vpr.data.image_size=[322,322]``).
         random_backbone: allow a random backbone without weights (tests only).
         zero_shot: without a head, ``"cls"`` (default) or ``"gem"`` pooling as the descriptor.
+        method: ``"salad"`` or ``"boq"``: that method's model and its official preprocessing.
         device: where the model runs; default this process's GPU, else the CPU.
 
     Raises:
-        ValueError: no weights without ``random_backbone`` (or both), or a head that does not fit
-            the config (see :func:`dinov2_vpr.descriptor_config.configure_descriptor`).
+        InputError: no weights without ``random_backbone`` (or both), a head or zero-shot pooling
+            with a method, or a head that does not fit the config (see
+            :func:`dinov2_vpr.descriptor_config.configure_descriptor`).
     """
     if not pretrained_weights and not random_backbone:
         raise InputError("pretrained_weights is required (or random_backbone=True, for testing only)")
     if pretrained_weights and random_backbone:
         raise InputError("Give either pretrained_weights or random_backbone=True, not both")
-    cfg = build_vpr_config(str(config_file) if config_file else None, list(opts))
+    options = [*(method_options(method) if method else []), *opts]
+    cfg = build_vpr_config(str(config_file) if config_file else None, options)
     head_state = configure_descriptor(cfg, head, zero_shot)
     weights = str(pretrained_weights) if pretrained_weights else None
-    backbone, autocast_dtype = load_backbone(cfg, weights)
-    head_module = build_head(cfg, backbone.embed_dim)
-    if head_state is not None:
-        head_module.load_state_dict(head_state["head"])
-    model = PlaceDescriptor(
-        backbone,
-        head_module.to(next(backbone.parameters()).device),
-        cfg.vpr.head.input,
+    model = build_place_model(cfg, weights, head_state)
+    descriptor = PlaceDescriptor(
+        model,
         image_transform(cfg),
-        autocast_dtype,
+        features_autocast_dtype(cfg, next(model.parameters()).device),
         config=cfg,
         settings=describe_model(cfg, head, zero_shot, weights),
     )
     if device is not None:
-        model.to(device)
-        model.autocast_dtype = features_autocast_dtype(cfg, torch.device(device))
-    return model.eval()
+        descriptor.to(device)
+        descriptor.autocast_dtype = features_autocast_dtype(cfg, torch.device(device))
+    return descriptor.eval()

@@ -18,17 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-import dinov2_vpr.heads  # noqa: F401  (registers the heads)
 import dinov2_vpr.losses  # noqa: F401  (registers the losses)
 from dinov2 import distributed
 from dinov2.utils.utils import fix_random_seeds
 from dinov2_vpr.checkpoint import Checkpointer
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.evaluate import cosine_scores, describe_rows
-from dinov2_vpr.features.pooling import head_input_dim
 from dinov2_vpr.metrics import best_f1_threshold, pair_metrics
+from dinov2_vpr.models.build import build_head
 from dinov2_vpr.plots import pr_curve_figure
-from dinov2_vpr.registry import HEADS, LOSSES, lookup
+from dinov2_vpr.registry import LOSSES, lookup
 
 logger = logging.getLogger("dinov2")
 
@@ -42,13 +41,6 @@ class TrainResult:
     threshold: float
     head_state: dict
     history: list[dict] = field(default_factory=list)
-
-
-def build_head(cfg: DictConfig, embed_dim: int) -> nn.Module:
-    """The head named by ``vpr.head.name``, sized for a backbone of width ``embed_dim``."""
-    head_cfg = OmegaConf.to_container(cfg.vpr.head, resolve=True)
-    name, input_name = head_cfg.pop("name"), head_cfg.pop("input")
-    return lookup(HEADS, name, "vpr.head.name")(head_input_dim(embed_dim, input_name), **head_cfg)
 
 
 def build_loss(cfg: DictConfig) -> nn.Module:

@@ -10,8 +10,9 @@ from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.evaluate import cosine_scores, describe_rows
 from dinov2_vpr.heads import MLPHead
+from dinov2_vpr.models import build_head
 from dinov2_vpr.registry import HEADS, LOSSES
-from dinov2_vpr.train import build_head, build_loss, train_head
+from dinov2_vpr.train import build_loss, train_head
 
 HEAD_NAMES = sorted(name for name, _ in HEADS)
 LOSS_NAMES = sorted(name for name, _ in LOSSES)

@@ -11,6 +11,7 @@ from dinov2_vpr.data.images import list_images
 from dinov2_vpr.descriptor_config import configure_descriptor
 from dinov2_vpr.descriptors import describe_image_files
 from dinov2_vpr.heads import MLPHead
+from dinov2_vpr.models.aggregators import Pooled
 from dinov2_vpr.model import load_place_model
 
 from .conftest import REPO_ROOT, TINY_MODEL_OPTS
@@ -64,9 +65,10 @@ def test_similarity_is_the_cosine_of_the_descriptors(gem_model, trained):
 def test_trained_head_matches_the_cached_extraction(trained, tmp_path):
     head_file, paths = trained
     model = load_place_model(head=head_file.parent, config_file=CONFIG_FILE, opts=HEAD_OPTS, random_backbone=True)
-    assert isinstance(model.head, MLPHead) and model.output_dim == 16 and model.input_name == "gem"
+    assert isinstance(model.model.head, MLPHead) and model.output_dim == 16
+    assert isinstance(model.model.aggregator, Pooled) and model.model.aggregator.input_name == "gem"
     saved = torch.load(head_file, weights_only=True)["head"]
-    for key, value in model.head.state_dict().items():
+    for key, value in model.model.head.state_dict().items():
         torch.testing.assert_close(value, saved[key])
     cfg = build_vpr_config(str(CONFIG_FILE), HEAD_OPTS)
     cached = describe_image_files(cfg, None, configure_descriptor(cfg, head_file, None), paths, tmp_path)

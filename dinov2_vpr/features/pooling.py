@@ -18,18 +18,23 @@ GEM_POWER = 3.0
 Encoder = Callable[[Tensor], dict[str, Tensor]]
 
 
-def backbone_features(backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
-    """The normalised class token, the mean of the patch tokens and their GeM (p=3), each ``(B, D)`` float32.
+def pool_tokens(cls_token: Tensor, patch_tokens: Tensor) -> dict[str, Tensor]:
+    """The class token ``(B, D)``, and the mean and GeM (p=3) of the patch tokens ``(B, N, D)``, float32.
 
     GeM is taken over the rectified tokens (clamped at 1e-6), as GeM requires positive values.
     """
-    tokens = backbone.forward_features(images)
-    patches = tokens["x_norm_patchtokens"].float()
+    patches = patch_tokens.float()
     return {
-        "cls": tokens["x_norm_clstoken"].float(),
+        "cls": cls_token.float(),
         "patch_mean": patches.mean(dim=1),
         "patch_gem": patches.clamp(min=1e-6).pow(GEM_POWER).mean(dim=1).pow(1.0 / GEM_POWER),
     }
+
+
+def backbone_features(backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """:func:`pool_tokens` of the backbone's normalised class and patch tokens."""
+    tokens = backbone.forward_features(images)
+    return pool_tokens(tokens["x_norm_clstoken"], tokens["x_norm_patchtokens"])
 
 
 def pooled_encoder(backbone: nn.Module, autocast_dtype: torch.dtype) -> Encoder:

@@ -101,15 +101,30 @@ class PlaceModel(nn.Module):
             return aggregation
         return dataclasses.replace(aggregation, descriptors=self.head(aggregation.descriptors))
 
-    def forward_aggregation(self, images: Tensor) -> Aggregation:
-        """``(B, 3, H, W)`` normalised images to their descriptors and the aggregator's attention maps.
+    def backbone_tokens(self, images: Tensor) -> BackboneTokens:
+        """``(B, 3, H, W)`` normalised images to the tokens the aggregator reads (trunk, then tail).
 
         Raises:
             InputError: the images give fewer patches than the aggregator needs (SALAD).
         """
         grid_size = self.grid_size(images)
         self.aggregator.check_grid(*grid_size, self.backbone.patch_size)
-        return self.aggregate(self.forward_tail(self.forward_trunk(images), grid_size))
+        return self.forward_tail(self.forward_trunk(images), grid_size)
+
+    def forward_aggregation(self, images: Tensor) -> Aggregation:
+        """``(B, 3, H, W)`` normalised images to their descriptors and the aggregator's attention maps.
+
+        Raises:
+            InputError: the images give fewer patches than the aggregator needs (SALAD).
+        """
+        return self.aggregate(self.backbone_tokens(images))
+
+    def describe(self, images: Tensor, autocast_dtype: torch.dtype = torch.float) -> Tensor:
+        """``(B, D)`` float32 descriptors: the backbone under autocast in ``autocast_dtype``, the aggregator
+        and the head in float32, as feature extraction and the Python API run them."""
+        with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float):
+            tokens = self.backbone_tokens(images)
+        return self.aggregate(tokens.float()).descriptors.float()
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` normalised images to ``(B, output_dim)`` unit descriptors."""

@@ -16,11 +16,10 @@ from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
 from dinov2.run.cli import run_cli
 from dinov2_vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS
 from dinov2_vpr.export import DEFAULT_TOLERANCE, EXPORT_FORMATS, export_model
 from dinov2_vpr.io import atomic_write_text
 from dinov2_vpr.model import load_place_model
-from dinov2_vpr.run.model_options import check_model_args
+from dinov2_vpr.run.model_options import add_backbone_args, add_descriptor_args, check_model_args
 
 logger = logging.getLogger("dinov2")
 
@@ -33,11 +32,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     parser.set_defaults(output_dir=None)
-    parser.add_argument("--head", help="A trained head.pth or a training output folder (default: zero-shot)")
-    parser.add_argument(
-        "--zero-shot", choices=sorted(ZERO_SHOT_INPUTS), help="Without --head: cls (default) or gem pooling"
-    )
-    parser.add_argument("--random-backbone", action="store_true", help="No weights: random backbone, for tests only")
+    add_descriptor_args(add_backbone_args(parser, cache=False))
     parser.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="torchscript (traced) or onnx")
     parser.add_argument("--output", required=True, help="The exported model file (e.g. place_model.pt or .onnx)")
     parser.add_argument(
@@ -59,6 +54,7 @@ def main(args: argparse.Namespace) -> dict:
         opts=args.opts or [],
         random_backbone=args.random_backbone,
         zero_shot=args.zero_shot,
+        method=args.method,
         device="cpu",
     )
     output = Path(args.output)

@@ -14,22 +14,40 @@ from dinov2.logging import setup_logging
 from dinov2.utils.errors import InputError
 from dinov2_vpr.config import setup_vpr_config
 from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, describe_model
+from dinov2_vpr.models.build import METHOD_AGGREGATORS, method_options
 
 logger = logging.getLogger("dinov2")
 
 
-def get_model_args_parser() -> argparse.ArgumentParser:
-    """The shared backbone options (``--config-file --pretrained-weights --output-dir --opts``) and the descriptor's."""
-    parser = argparse.ArgumentParser(add_help=False, parents=[get_setup_args_parser(add_help=False)])
+def add_backbone_args(parser: argparse.ArgumentParser, cache: bool = True) -> argparse.ArgumentParser:
+    """``--random-backbone`` and, with ``cache``, ``--cache-dir``; returns ``parser``."""
+    parser.add_argument("--random-backbone", action="store_true", help="No weights: random backbone, for tests only")
+    if cache:
+        parser.add_argument("--cache-dir", help="Feature cache folder (default: <output-dir>/feature_cache)")
+    return parser
+
+
+def add_descriptor_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Which model describes the images: ``--head``, ``--zero-shot`` or ``--method``; returns ``parser``."""
     parser.add_argument("--head", help="A trained head.pth or a training output folder (default: zero-shot)")
     parser.add_argument(
         "--zero-shot",
         choices=sorted(ZERO_SHOT_INPUTS),
         help="Without --head: the class token (cls, the default) or GeM over the patch tokens (gem) as descriptor",
     )
-    parser.add_argument("--random-backbone", action="store_true", help="No weights: random backbone, for tests only")
-    parser.add_argument("--cache-dir", help="Feature cache folder (default: <output-dir>/feature_cache)")
+    parser.add_argument(
+        "--method",
+        choices=sorted(METHOD_AGGREGATORS),
+        help="SALAD or BoQ: --pretrained-weights is then the method's released file (dino_salad.ckpt, "
+        "dinov2_12288.pth) and its official preprocessing applies (322x322)",
+    )
     return parser
+
+
+def get_model_args_parser() -> argparse.ArgumentParser:
+    """The shared options of the commands that describe images: the backbone's, the cache's and the model's."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[get_setup_args_parser(add_help=False)])
+    return add_descriptor_args(add_backbone_args(parser))
 
 
 def check_backbone_args(args: argparse.Namespace) -> None:
@@ -43,6 +61,8 @@ def check_backbone_args(args: argparse.Namespace) -> None:
 def check_model_args(args: argparse.Namespace) -> None:
     """Reject contradictory or missing model options before any work starts."""
     check_backbone_args(args)
+    if args.method and (args.head or args.zero_shot):
+        raise InputError(f"--method {args.method} makes its own descriptors: give it without --head or --zero-shot")
     if args.head and args.zero_shot:
         raise InputError("--zero-shot describes images without a head; give either --head or --zero-shot")
 
@@ -69,9 +89,13 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
         contents (None for zero-shot).
     """
     check_model_args(args)
+    if args.method:
+        args.opts = [*method_options(args.method), *(args.opts or [])]
     cfg = setup_run(args)
     head_state = configure_descriptor(cfg, args.head, args.zero_shot)
-    if head_state is None:
+    if cfg.vpr.model.method:
+        logger.info("--method %s: its released model describes the images", cfg.vpr.model.method)
+    elif head_state is None:
         logger.info("No --head: zero-shot descriptors (%s pooling of the backbone tokens)", args.zero_shot or "cls")
     return cfg, head_state
 

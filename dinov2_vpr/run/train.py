@@ -24,7 +24,7 @@ from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_que
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 from dinov2_vpr.pipeline import image_features
-from dinov2_vpr.run.model_options import check_backbone_args, setup_run
+from dinov2_vpr.run.model_options import add_backbone_args, check_backbone_args, setup_run
 from dinov2_vpr.train import train_head
 
 logger = logging.getLogger("dinov2")
@@ -44,12 +44,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="Global batch size (sets vpr.train.batch_size)")
     parser.add_argument("--use-pretrain-MLP", action="store_true", help="Start from the head in --MLP-weight-path")
     parser.add_argument("--MLP-weight-path", help="A head.pth (or training checkpoint) to start from")
-    parser.add_argument("--random-backbone", action="store_true", help="No weights: random backbone, for tests only")
-    parser.add_argument("--cache-dir", help="Feature cache folder (default: <output-dir>/feature_cache)")
     parser.add_argument(
         "--no-resume", action="store_true", help="Start afresh even if the output folder has checkpoints"
     )
-    return add_launcher_args(parser)
+    return add_launcher_args(add_backbone_args(parser))
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ from .base import Aggregation, Aggregator, BackboneTokens
 from .boq import BoQ
 from .cls import CLS
 from .gem import GeM
+from .pooled import Pooled
 from .salad import SALAD
 
-__all__ = ["CLS", "SALAD", "Aggregation", "Aggregator", "BackboneTokens", "BoQ", "GeM"]
+__all__ = ["CLS", "SALAD", "Aggregation", "Aggregator", "BackboneTokens", "BoQ", "GeM", "Pooled"]

@@ -22,6 +22,14 @@ class BackboneTokens:
     register_tokens: Tensor
     patch_grid: Tensor
 
+    def float(self) -> "BackboneTokens":
+        """The tokens in float32 (after a backbone run under autocast)."""
+        return BackboneTokens(self.cls_token.float(), self.register_tokens.float(), self.patch_grid.float())
+
+    def patch_tokens(self) -> Tensor:
+        """The patch grid as ``(B, h*w, C)`` tokens in row-major order (a view)."""
+        return self.patch_grid.permute(0, 2, 3, 1).flatten(1, 2)
+
 
 @dataclass(frozen=True)
 class Aggregation:
