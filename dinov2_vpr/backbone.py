@@ -26,6 +26,23 @@ RANDOM_BACKBONE_WARNING = (
 )
 
 
+def check_weights_choice(
+    pretrained_weights: object,
+    random_backbone: bool,
+    weights_name: str = "--pretrained-weights",
+    random_name: str = "--random-backbone",
+) -> None:
+    """Exactly one of real weights and a random backbone (for tests), named as the caller calls them.
+
+    Raises:
+        InputError: neither or both.
+    """
+    if not pretrained_weights and not random_backbone:
+        raise InputError(f"{weights_name} is required (or {random_name}, for testing only)")
+    if pretrained_weights and random_backbone:
+        raise InputError(f"give either {weights_name} or {random_name}, not both")
+
+
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU computes bfloat16 natively: x86 AVX512-BF16 or AMX-BF16, Arm BF16 (from ``cpuinfo``).
 

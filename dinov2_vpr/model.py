@@ -13,11 +13,10 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 
-from dinov2.utils.errors import InputError
-from dinov2_vpr.backbone import features_autocast_dtype
+from dinov2_vpr.backbone import check_weights_choice, features_autocast_dtype
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.transforms import ImageTransform, image_transform, load_image
-from dinov2_vpr.descriptor_config import configure_descriptor, describe_model
+from dinov2_vpr.descriptor_config import configure_descriptor, model_info
 from dinov2_vpr.models import PlaceModel, build_place_model
 from dinov2_vpr.models.build import method_options
 
@@ -161,10 +160,7 @@ def load_place_model(
             with a method, or a head that does not fit the config (see
             :func:`dinov2_vpr.descriptor_config.configure_descriptor`).
     """
-    if not pretrained_weights and not random_backbone:
-        raise InputError("pretrained_weights is required (or random_backbone=True, for testing only)")
-    if pretrained_weights and random_backbone:
-        raise InputError("Give either pretrained_weights or random_backbone=True, not both")
+    check_weights_choice(pretrained_weights, random_backbone, "pretrained_weights", "random_backbone=True")
     options = [*(method_options(method) if method else []), *opts]
     cfg = build_vpr_config(str(config_file) if config_file else None, options)
     head_state = configure_descriptor(cfg, head, zero_shot)
@@ -175,7 +171,7 @@ def load_place_model(
         image_transform(cfg),
         features_autocast_dtype(cfg, next(model.parameters()).device),
         config=cfg,
-        settings=describe_model(cfg, head, zero_shot, weights),
+        settings=model_info(cfg, head, zero_shot, weights),
     )
     if device is not None:
         descriptor.to(device)

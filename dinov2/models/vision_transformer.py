@@ -246,4 +246,3 @@ ARCHITECTURES: dict[str, Callable[..., DinoVisionTransformer]] = {
     "vit_large": vit_large,
     "vit_giant2": vit_giant2,
 }
-EMBED_DIM_TO_ARCH = {384: "ViT-S", 768: "ViT-B", 1024: "ViT-L", 1536: "ViT-g"}

@@ -12,8 +12,9 @@ from dinov2 import distributed
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
 from dinov2.utils.errors import InputError
+from dinov2_vpr.backbone import check_weights_choice
 from dinov2_vpr.config import setup_vpr_config
-from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, describe_model
+from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, model_info
 from dinov2_vpr.models.build import METHOD_AGGREGATORS, method_options
 
 logger = logging.getLogger("dinov2")
@@ -52,10 +53,7 @@ def get_model_args_parser() -> argparse.ArgumentParser:
 
 def check_backbone_args(args: argparse.Namespace) -> None:
     """Exactly one of ``--pretrained-weights`` and ``--random-backbone``."""
-    if not args.pretrained_weights and not args.random_backbone:
-        raise InputError("--pretrained-weights is required (or --random-backbone, for testing only)")
-    if args.pretrained_weights and args.random_backbone:
-        raise InputError("give either --pretrained-weights or --random-backbone, not both")
+    check_weights_choice(args.pretrained_weights, args.random_backbone)
 
 
 def check_model_args(args: argparse.Namespace) -> None:
@@ -101,9 +99,9 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
 
 
 def model_description(cfg: DictConfig, args: argparse.Namespace) -> dict:
-    """:func:`dinov2_vpr.descriptor_config.describe_model` of the command's options, with its config file and options."""
+    """:func:`dinov2_vpr.descriptor_config.model_info` of the command's options, with its config file and options."""
     return {
-        **describe_model(cfg, args.head, args.zero_shot, args.pretrained_weights),
+        **model_info(cfg, args.head, args.zero_shot, args.pretrained_weights),
         "config_file": args.config_file,
         "opts": list(args.opts or []),
     }
