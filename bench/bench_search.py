@@ -1,10 +1,11 @@
-"""Benchmark exact, IVF and HNSW search of 100,000 clustered 256-d descriptors with 1,000 queries.
+"""Benchmark exact, IVF and HNSW search of clustered 256-d descriptors (100,000 by default) with 1,000 queries.
 
 Each index kind runs in a fresh process, so that its peak memory (ru_maxrss) is its own. Recall@1
 of an approximate index is the fraction of queries whose top-1 equals the exact search's top-1;
 the top-10 overlap is the fraction of the exact top-10 that the approximate top-10 holds.
 
-Run: .venv/bin/python bench/bench_search.py [--database 100000 --queries 1000 --dim 256]
+Run: .venv/bin/python bench/bench_search.py [--database 100000 --queries 1000 --dim 256 --kinds exact ivf hnsw]
+(index settings: --nlist --nprobe --hnsw-m --ef-search --ef-construction; unset: build_index's defaults)
 """
 
 import argparse
@@ -34,12 +35,12 @@ def clustered_descriptors(num_database: int, num_queries: int, dim: int, seed: i
     return database, queries
 
 
-def run_kind(kind: str, num_database: int, num_queries: int, dim: int) -> dict:
+def run_kind(kind: str, num_database: int, num_queries: int, dim: int, settings: dict) -> dict:
     """Build and search one index kind (in a fresh process); timings, top-1 rows and peak memory."""
     database, queries = clustered_descriptors(num_database, num_queries, dim)
     data_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    index = build_index(database, kind)
+    index = build_index(database, kind, **settings)
     built = time.perf_counter()
     _, rows = search(index, queries, K)
     searched = time.perf_counter()
@@ -60,12 +61,20 @@ def main() -> None:
     parser.add_argument("--database", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--kinds", nargs="+", default=["exact", "ivf", "hnsw"], help="exact first: the reference")
+    parser.add_argument("--nlist", type=int)
+    parser.add_argument("--nprobe", type=int)
+    parser.add_argument("--hnsw-m", type=int)
+    parser.add_argument("--ef-search", type=int)
+    parser.add_argument("--ef-construction", type=int)
     args = parser.parse_args()
+    options = ("nlist", "nprobe", "hnsw_m", "ef_search", "ef_construction")
+    settings = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
 
     results = {}
-    for kind in ("exact", "ivf", "hnsw"):
+    for kind in args.kinds:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            results[kind] = pool.submit(run_kind, kind, args.database, args.queries, args.dim).result()
+            results[kind] = pool.submit(run_kind, kind, args.database, args.queries, args.dim, settings).result()
     exact = results["exact"]
     print(
         f"{args.database:,} database x {args.dim}-d descriptors, {args.queries:,} queries, top-{K}, "

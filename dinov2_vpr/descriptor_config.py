@@ -78,9 +78,7 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
     return None
 
 
-def model_info(
-    cfg: DictConfig, head: str | Path | None, zero_shot: str | None, pretrained_weights: str | None
-) -> dict:
+def model_info(cfg: DictConfig, head: str | Path | None, zero_shot: str | None, pretrained_weights: str | None) -> dict:
     """What produced a set of descriptors, for the JSON written beside them."""
     method = cfg.vpr.model.method
     return {

@@ -3,16 +3,23 @@
 import csv
 import json
 import math
+import os
+import shutil
+import threading
+import time
 from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.pairs import parse_pair_list
 from dinov2_vpr.data.synthetic import make_sequence
 from dinov2_vpr.descriptors import load_descriptor_files
-from dinov2_vpr.loop_report import position_from_name, positions_from_names, write_loop_report
+from dinov2_vpr.loops import OnlineLoopDetector, find_loop_candidates
+from dinov2_vpr.loops.report import position_from_name, positions_from_names, write_loop_report
+from dinov2_vpr.loops.stream import STATE_FILE
 from dinov2_vpr.run import loops as loops_command
 
 from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS
@@ -177,5 +184,109 @@ def test_command_candidates_are_consistent_with_the_saved_descriptors(short_driv
 
 
 def test_zero_shot_needs_a_threshold(short_drive, tmp_path):
-    with pytest.raises(SystemExit, match="needs --threshold"):
+    with pytest.raises(InputError, match="needs --threshold"):
         _loops(short_drive, tmp_path, "--exclude-recent", "3")
+
+
+def _follow(folder, output, *extra, opts=()):
+    argv = [*TINY_MODEL_ARGS, "--follow", str(folder), "--output-dir", str(output), "--zero-shot", "gem"]
+    argv += ["--exclude-recent", "3", "--top-k", "2", "--settle", "0", "--poll-interval", "0.02", *extra]
+    return loops_command.main(loops_command.get_args_parser().parse_args([*argv, "--opts", *TINY_MODEL_OPTS, *opts]))
+
+
+def _state(output) -> OnlineLoopDetector:
+    return OnlineLoopDetector.load(output / STATE_FILE)
+
+
+def test_follow_resumes_and_equals_the_offline_candidates(short_drive, tmp_path):
+    names, _ = _poses(short_drive["poses"])
+    images = short_drive["images"]
+    # --opts vpr.eval.threshold is the threshold when --threshold is not given.
+    first = _follow(
+        images, tmp_path / "run", "--stop-after", "10", "--positions-from-names", opts=["vpr.eval.threshold=0.2"]
+    )
+    assert first["threshold"] == 0.2 and first["frames_this_run"] == 10 and first["frames"] == 10
+    for name in ("loop_candidates.txt", "loop_candidates.csv"):  # rows written after the last save are cut on resume
+        with open(tmp_path / "run" / name, "a") as handle:
+            handle.write("half-written, row\n")
+    second = _follow(
+        images, tmp_path / "run", "--idle-timeout", "0.3", "--positions-from-names", opts=["vpr.eval.threshold=0.2"]
+    )
+    assert second["frames_this_run"] == len(names) - 10  # nothing encoded twice
+    detector = _state(tmp_path / "run")
+    assert detector.frame_ids == names and detector.threshold == 0.2
+    # The stream's candidates are the offline search's on the descriptors it kept.
+    expected = find_loop_candidates(detector.descriptors, 0.2, exclude_recent=3, top_k=2)
+    pairs, problems = parse_pair_list(tmp_path / "run" / "loop_candidates.txt")
+    assert problems == [] and len(pairs) == len(expected) == second["candidates"] > 0
+    assert [(p.query, p.reference) for p in pairs] == [(names[c.query], names[c.match]) for c in expected]
+    positions = positions_from_names(names)
+    assert [p.label for p in pairs] == [int(math.dist(positions[c.query], positions[c.match]) <= 25) for c in expected]
+    with open(tmp_path / "run" / "loop_candidates.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["query_frame"]), int(r["match_frame"])) for r in rows] == [(c.query, c.match) for c in expected]
+    np.testing.assert_allclose([float(r["similarity"]) for r in rows], [c.similarity for c in expected], atol=2e-6)
+    # Resuming with other settings is refused.
+    with pytest.raises(InputError, match="exclude_recent 3 -> 4"):
+        loops_command.main(
+            loops_command.get_args_parser().parse_args(
+                [
+                    *TINY_MODEL_ARGS,
+                    "--follow",
+                    str(images),
+                    "--output-dir",
+                    str(tmp_path / "run"),
+                    "--zero-shot",
+                    "gem",
+                    "--exclude-recent",
+                    "4",
+                    "--top-k",
+                    "2",
+                    "--threshold",
+                    "0.2",
+                    "--opts",
+                    *TINY_MODEL_OPTS,
+                ]
+            )
+        )
+
+
+def test_follow_takes_frames_as_they_are_written_and_skips_corrupt_ones(short_drive, tmp_path):
+    source = sorted(short_drive["images"].iterdir())[:8]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+
+    def write_frames():
+        for path in source[:3]:
+            shutil.copy(path, folder / path.name)
+        data = source[3].read_bytes()
+        partial = folder / source[3].name
+        partial.write_bytes(data[: len(data) // 3])
+        future = time.time() + 3600
+        os.utime(partial, (future, future))  # still being written: the stream waits for it, and for later frames
+        (folder / "000003_broken.jpg").write_bytes(b"this is no JPEG")
+        time.sleep(0.3)
+        partial.write_bytes(data)
+        os.utime(partial, (time.time() - 5, time.time() - 5))
+        for path in source[4:]:
+            shutil.copy(path, folder / path.name)
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=write_frames)
+    writer.start()
+    try:
+        summary = _follow(folder, tmp_path / "out", "--threshold", "0.0", "--idle-timeout", "1.5")
+    finally:
+        writer.join()
+    assert summary["skipped_frames"] == ["000003_broken.jpg"] and summary["skipped"] == 1
+    detector = _state(tmp_path / "out")
+    assert detector.frame_ids == [path.name for path in source]
+    # The frame written in two parts was read whole: its descriptor is the complete image's.
+    from dinov2_vpr.model import load_place_model
+
+    model = load_place_model(
+        config_file=TINY_MODEL_ARGS[1], random_backbone=True, zero_shot="gem", opts=TINY_MODEL_OPTS
+    )
+    np.testing.assert_allclose(detector.descriptors[3], model.describe(source[3])[0].numpy(), atol=1e-5)
+    saved = json.loads((tmp_path / "out" / "loops.json").read_text())
+    assert saved["skipped"] == 1 and saved["frames"] == 8 and saved["latency_ms"]["add"]["median"] is not None

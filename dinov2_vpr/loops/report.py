@@ -15,7 +15,12 @@ import numpy as np
 
 from dinov2_vpr.data.pairs import write_pair_list
 from dinov2_vpr.io import atomic_write_text
-from dinov2_vpr.loops import best_earlier_match, find_loop_candidates, loop_detection_metrics, similarity_matrix_image
+from dinov2_vpr.loops.sequence import (
+    best_earlier_match,
+    find_loop_candidates,
+    loop_detection_metrics,
+    similarity_matrix_image,
+)
 from dinov2_vpr.retrieval.geo import UTM_NAME_PATTERN, parse_utm
 
 PAIR_LIST_FILE = "loop_candidates.txt"
@@ -60,11 +65,13 @@ def _json_ready(value):
     return value
 
 
-def _candidates_csv(rows: list[list], with_truth: bool) -> str:
-    header = ["query_frame", "match_frame", "query", "match", "similarity"]
+def candidates_csv_text(rows: list[list], with_truth: bool, header: bool = True) -> str:
+    """Rows of ``loop_candidates.csv`` (frame numbers, names, similarity[, distance, true_loop]) as CSV text."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header + (["distance", "true_loop"] if with_truth else []))
+    if header:
+        columns = ["query_frame", "match_frame", "query", "match", "similarity"]
+        writer.writerow(columns + (["distance", "true_loop"] if with_truth else []))
     writer.writerows(rows)
     return buffer.getvalue()
 
@@ -91,7 +98,7 @@ def write_loop_report(
     - ``loop_candidates.csv``: frame indices, names and similarity (and distance, label);
     - ``similarity_matrix.png``: the (downsampled) similarity matrix;
     - ``loops.json``: the settings, counts and, with ``positions``, the per-frame detection metrics of
-      :func:`dinov2_vpr.loops.loop_detection_metrics` and the share of candidates that are true loops.
+      :func:`dinov2_vpr.loops.sequence.loop_detection_metrics` and the share of candidates that are true loops.
 
     Args:
         descriptors: ``(N, D)`` unit descriptors in sequence order.
@@ -142,7 +149,7 @@ def write_loop_report(
         write_pair_list(output_dir / PAIR_LIST_FILE, pairs)
     else:  # an empty list is a valid answer: no frame looks like an earlier one
         atomic_write_text(output_dir / PAIR_LIST_FILE, "")
-    atomic_write_text(output_dir / CANDIDATES_CSV, _candidates_csv(rows, positions is not None))
+    atomic_write_text(output_dir / CANDIDATES_CSV, candidates_csv_text(rows, positions is not None))
     similarity_matrix_image(descriptors, output_dir / SIMILARITY_IMAGE, chunk_size=chunk_size)
     summary["files"] = {
         "pair_list": PAIR_LIST_FILE,

@@ -19,13 +19,20 @@ from sklearn.metrics import precision_recall_curve
 from dinov2_vpr.io import atomic_write
 from dinov2_vpr.retrieval.search import as_descriptors
 
+# A frame's name: its index in a sequence here, any int or string id in an online map.
+FrameId = int | str
+
 
 @dataclass(frozen=True)
 class LoopCandidate:
-    """Frame ``query`` looks like the earlier frame ``match`` (``match < query - exclude_recent``)."""
+    """Frame ``query`` looks like the earlier frame ``match`` (``match < query - exclude_recent`` in frame order).
 
-    query: int
-    match: int
+    Offline (:func:`find_loop_candidates`) both are frame indices; online
+    (:class:`dinov2_vpr.loops.online.OnlineLoopDetector`) they are the frame ids given to ``add``.
+    """
+
+    query: FrameId
+    match: FrameId
     similarity: float
 
 
