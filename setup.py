@@ -22,6 +22,8 @@ setup(
         "faiss-cpu>=1.8",
         "tensorboard>=2.15",
         "matplotlib>=3.8",
+        "pytorch-metric-learning>=2.9,<3",
+        "kornia>=0.9,<0.10",
     ],
     extras_require={
         "gpu": ["xformers"],

@@ -21,7 +21,7 @@ from dinov2_vpr.data.synthetic import make_pair_dataset
 from dinov2_vpr.data.transforms import ImageTransform, load_image
 from dinov2_vpr.features.pooling import backbone_features
 from dinov2_vpr.models import build_head
-from dinov2_vpr.train import build_loss
+from dinov2_vpr.training.trainer import build_loss
 
 
 def run_epoch(head, loss_fn, optimizer, index, inputs_of, batch_size: int) -> float:

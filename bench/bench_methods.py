@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinov2_vpr.backbone import cpu_has_native_bf16
-from dinov2_vpr.model import PlaceDescriptor, load_place_model
+from dinov2_vpr.models.backbone import cpu_has_native_bf16
+from dinov2_vpr.models.descriptor import PlaceDescriptor, load_place_model
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "dinov2/configs/eval/vits14_pretrain.yaml"
 MODELS = {"GeM (zero-shot)": {"zero_shot": "gem"}, "SALAD": {"method": "salad"}, "BoQ": {"method": "boq"}}

@@ -141,7 +141,7 @@ def stream_benchmark(num_frames: int) -> None:
     import torch
 
     from dinov2_vpr.data.synthetic import make_sequence
-    from dinov2_vpr.model import load_place_model
+    from dinov2_vpr.models.descriptor import load_place_model
     from dinov2_vpr.run import loops
 
     repo = Path(__file__).resolve().parents[1]

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dinov2_vpr.backbone import cpu_has_native_bf16
 from dinov2_vpr.data.images import list_images
+from dinov2_vpr.data.positions import utm_positions
 from dinov2_vpr.data.synthetic import make_retrieval_dataset
-from dinov2_vpr.model import PlaceDescriptor, load_place_model
-from dinov2_vpr.retrieval.geo import utm_positions
+from dinov2_vpr.models.backbone import cpu_has_native_bf16
+from dinov2_vpr.models.descriptor import PlaceDescriptor, load_place_model
 from dinov2_vpr.retrieval.recall import evaluate_retrieval
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "dinov2/configs/eval/vits14_pretrain.yaml"

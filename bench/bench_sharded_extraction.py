@@ -30,12 +30,12 @@ def extract_worker(image_list: Path, image_size: int, cache_dir: Path, result_fi
     import torch
 
     from dinov2 import distributed
-    from dinov2_vpr.backbone import feature_settings, load_backbone
     from dinov2_vpr.config import build_vpr_config
     from dinov2_vpr.data.transforms import image_transform
     from dinov2_vpr.features.cache import FeatureCache
     from dinov2_vpr.features.extract import extract_features
     from dinov2_vpr.features.pooling import pooled_encoder
+    from dinov2_vpr.models.backbone import feature_settings, load_backbone
 
     logging.getLogger("dinov2").setLevel(logging.ERROR)  # the random-backbone warning, once per process
     distributed.enable()

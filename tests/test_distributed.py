@@ -20,8 +20,8 @@ import torch
 from dinov2 import distributed
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.synthetic import make_pair_dataset
+from dinov2_vpr.features.pipeline import image_features
 from dinov2_vpr.features.pooling import FEATURE_NAMES
-from dinov2_vpr.pipeline import image_features
 from dinov2_vpr.run import train as train_command
 from tests.conftest import REPO_ROOT, TINY_MODEL_ARGS
 from tests.tiny_vpr import IMAGE_SIZE, TINY_OPTS, assert_same_heads, load_heads, training_options

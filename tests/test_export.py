@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dinov2_vpr import export
 from dinov2_vpr.data.images import list_images
-from dinov2_vpr.model import load_place_model
+from dinov2_vpr.models import export
+from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.run import export as export_command
 
 from .conftest import REPO_ROOT, TINY_MODEL_OPTS

@@ -12,9 +12,9 @@ from dinov2.run import submit
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.images import list_images
 from dinov2_vpr.data.synthetic import make_retrieval_dataset
-from dinov2_vpr.descriptors import load_descriptor_files
 from dinov2_vpr.features import extract as feature_extraction
-from dinov2_vpr.model import load_place_model
+from dinov2_vpr.features.descriptors import load_descriptor_files
+from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.run import extract as extract_command
 
 from .conftest import REPO_ROOT, TINY_MODEL_ARGS, TINY_MODEL_OPTS

@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-import dinov2_vpr.heads  # noqa: F401  (registers the heads)
-import dinov2_vpr.losses  # noqa: F401  (registers the losses)
+import dinov2_vpr.models.heads  # noqa: F401  (registers the heads)
+import dinov2_vpr.training.losses  # noqa: F401  (registers the losses)
 from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
-from dinov2_vpr.evaluate import cosine_scores, describe_rows
-from dinov2_vpr.heads import MLPHead
 from dinov2_vpr.models import build_head
+from dinov2_vpr.models.heads import MLPHead
 from dinov2_vpr.registry import HEADS, LOSSES
-from dinov2_vpr.train import build_loss, train_head
+from dinov2_vpr.training.trainer import build_loss, train_head
+from dinov2_vpr.verification.evaluate import cosine_scores, describe_rows
 
 HEAD_NAMES = sorted(name for name, _ in HEADS)
 LOSS_NAMES = sorted(name for name, _ in LOSSES)

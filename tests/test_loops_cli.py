@@ -15,10 +15,11 @@ from PIL import Image
 
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.pairs import parse_pair_list
+from dinov2_vpr.data.positions import position_from_name, positions_from_names
 from dinov2_vpr.data.synthetic import make_sequence
-from dinov2_vpr.descriptors import load_descriptor_files
+from dinov2_vpr.features.descriptors import load_descriptor_files
 from dinov2_vpr.loops import OnlineLoopDetector, find_loop_candidates
-from dinov2_vpr.loops.report import position_from_name, positions_from_names, write_loop_report
+from dinov2_vpr.loops.report import write_loop_report
 from dinov2_vpr.loops.stream import STATE_FILE
 from dinov2_vpr.run import loops as loops_command
 
@@ -282,7 +283,7 @@ def test_follow_takes_frames_as_they_are_written_and_skips_corrupt_ones(short_dr
     detector = _state(tmp_path / "out")
     assert detector.frame_ids == [path.name for path in source]
     # The frame written in two parts was read whole: its descriptor is the complete image's.
-    from dinov2_vpr.model import load_place_model
+    from dinov2_vpr.models.descriptor import load_place_model
 
     model = load_place_model(
         config_file=TINY_MODEL_ARGS[1], random_backbone=True, zero_shot="gem", opts=TINY_MODEL_OPTS

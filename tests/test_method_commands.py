@@ -17,9 +17,9 @@ from PIL import Image
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.images import list_images
 from dinov2_vpr.data.synthetic import make_retrieval_dataset, make_sequence
-from dinov2_vpr.descriptors import load_descriptor_files
-from dinov2_vpr.model import load_place_model
+from dinov2_vpr.features.descriptors import load_descriptor_files
 from dinov2_vpr.models.build import build_method_model, method_options
+from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.models.released import RELEASED_LAYOUTS
 from dinov2_vpr.run import eval as eval_command
 from dinov2_vpr.run import export as export_command

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from dinov2_vpr.metrics import best_f1_threshold, pair_metrics
+from dinov2_vpr.verification.metrics import best_f1_threshold, pair_metrics
 
 
 def _random_pairs(seed: int, count: int = 300) -> tuple[np.ndarray, np.ndarray]:

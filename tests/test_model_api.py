@@ -8,11 +8,11 @@ from PIL import Image
 from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.images import list_images
-from dinov2_vpr.descriptor_config import configure_descriptor
-from dinov2_vpr.descriptors import describe_image_files
-from dinov2_vpr.heads import MLPHead
-from dinov2_vpr.model import load_place_model
+from dinov2_vpr.features.descriptors import describe_image_files
 from dinov2_vpr.models.aggregators import Pooled
+from dinov2_vpr.models.descriptor import load_place_model
+from dinov2_vpr.models.descriptor_config import configure_descriptor
+from dinov2_vpr.models.heads import MLPHead
 
 from .conftest import REPO_ROOT, TINY_MODEL_OPTS
 from .trained_head import HEAD_OPTS, train_tiny_head

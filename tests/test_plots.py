@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinov2_vpr.metrics import pair_metrics
-from dinov2_vpr.plots import pr_curve_figure, save_figure, similarity_histogram_figure
+from dinov2_vpr.verification.metrics import pair_metrics
+from dinov2_vpr.verification.plots import pr_curve_figure, save_figure, similarity_histogram_figure
 
 
 def _pairs() -> tuple[np.ndarray, np.ndarray]:

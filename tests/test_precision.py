@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from dinov2.utils.errors import InputError
-from dinov2_vpr import backbone as backbone_module
-from dinov2_vpr.backbone import cpu_has_native_bf16, feature_settings, features_autocast_dtype
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.images import list_images
 from dinov2_vpr.data.synthetic import make_retrieval_dataset
 from dinov2_vpr.data.transforms import ImageTransform
 from dinov2_vpr.features.cache import settings_digest
-from dinov2_vpr.model import load_place_model
+from dinov2_vpr.models import backbone as backbone_module
+from dinov2_vpr.models.backbone import cpu_has_native_bf16, feature_settings, features_autocast_dtype
+from dinov2_vpr.models.descriptor import load_place_model
 
 from .conftest import REPO_ROOT, TINY_MODEL_OPTS
 

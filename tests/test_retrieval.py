@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinov2_vpr.retrieval.geo import parse_utm, read_positions_csv, utm_positions
+from dinov2_vpr.data.positions import parse_utm, read_positions_csv, utm_positions
 from dinov2_vpr.retrieval.pictures import (
     MISSING_COLOUR,
     NEGATIVE_COLOUR,

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.synthetic import make_retrieval_dataset
-from dinov2_vpr.descriptors import load_descriptor_files
+from dinov2_vpr.features.descriptors import load_descriptor_files
 from dinov2_vpr.run import retrieval as retrieval_command
 
 from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS

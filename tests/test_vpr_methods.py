@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from dinov2.models import DinoVisionTransformer
 from dinov2.utils.errors import InputError
 from dinov2_vpr.features.pooling import backbone_features
-from dinov2_vpr.heads import MLPHead
 from dinov2_vpr.models import PlaceModel, load_released_model
 from dinov2_vpr.models.aggregators import CLS, SALAD, BoQ, GeM
 from dinov2_vpr.models.aggregators.salad import log_sinkhorn
+from dinov2_vpr.models.heads import MLPHead
 from dinov2_vpr.registry import AGGREGATORS
 
 ATOL = 1e-5

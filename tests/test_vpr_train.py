@@ -16,9 +16,9 @@ from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.data.pairs import PairListError
-from dinov2_vpr.features import extract
+from dinov2_vpr.features import pooling
 from dinov2_vpr.run import train as train_command
-from dinov2_vpr.train import train_head
+from dinov2_vpr.training.trainer import train_head
 
 from .conftest import REPO_ROOT, TINY_MODEL_ARGS, TINY_MODEL_OPTS
 
@@ -98,8 +98,8 @@ def test_second_run_reads_every_feature_from_the_cache(small_pair_dataset, tmp_p
     cache = ["--cache-dir", str(tmp_path / "cache")]
     _train(small_pair_dataset, tmp_path / "first", "vpr.train.epochs=1", extra_args=cache)
     calls = []
-    original = extract.backbone_features
-    monkeypatch.setattr(extract, "backbone_features", lambda *a: calls.append(1) or original(*a))
+    original = pooling.backbone_features
+    monkeypatch.setattr(pooling, "backbone_features", lambda *a: calls.append(1) or original(*a))
     _train(small_pair_dataset, tmp_path / "second", "vpr.train.epochs=2", extra_args=cache)
     assert calls == []
     assert not (tmp_path / "second" / "feature_cache").exists()

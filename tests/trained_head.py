@@ -7,8 +7,8 @@ turns float rounding into descriptor differences of 1e-4; GeM features vary like
 
 from pathlib import Path
 
-from dinov2_vpr.checkpoint import HEAD_FILE
 from dinov2_vpr.data.synthetic import make_pair_dataset
+from dinov2_vpr.models.files import HEAD_FILE
 from dinov2_vpr.run import train as train_command
 
 from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS

@@ -508,3 +508,64 @@ def _csv(rows: Sequence[Sequence[str]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
+
+
+_CITY_NAMES = ("Synthburg", "Renderton", "Pixelham", "Voxelby")
+
+
+def _panorama_id(rng: np.random.Generator) -> str:
+    """A 22-character id from the alphabet of Street View panorama ids."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return "".join(alphabet[index] for index in rng.integers(len(alphabet), size=22))
+
+
+def make_place_dataset(
+    root: str | Path,
+    num_places: int = 40,
+    images_per_place: int = 4,
+    layout: str = "gsv",
+    seed: int = 0,
+    image_size: tuple[int, int] = (224, 224),
+    num_cities: int = 2,
+) -> dict:
+    """Write a place dataset: ``images_per_place`` views of each place under changes of light and viewpoint.
+
+    Every fourth view of a place is at night. ``layout="gsv"`` writes the GSV-Cities layout
+    (``root/Dataframes/<City>.csv`` and ``root/Images/<City>/...jpg``, the places spread over
+    ``num_cities`` cities whose place ids all start at 0); ``layout="folders"`` writes
+    ``root/place_<n>/<k>.jpg``. Use another ``seed`` than a validation benchmark's for other places.
+
+    Returns:
+        ``root`` (Path), ``layout``, ``num_places`` and ``num_images``.
+    """
+    if layout not in ("gsv", "folders"):
+        raise ValueError(f"layout must be 'gsv' or 'folders', got {layout!r}")
+    if num_places < 1 or images_per_place < 1 or not 1 <= num_cities <= len(_CITY_NAMES):
+        raise ValueError(
+            f"Need num_places >= 1, images_per_place >= 1 and 1 <= num_cities <= {len(_CITY_NAMES)}, "
+            f"got {num_places}, {images_per_place} and {num_cities}"
+        )
+    root = Path(root)
+    rng = np.random.default_rng([seed, 7])
+    canvas = _canvas_size(image_size)
+    rows: dict[str, list[tuple]] = {city: [] for city in _CITY_NAMES[:num_cities]}
+    for place in range(num_places):
+        scene = _render_scene(place, canvas, seed)
+        city = _CITY_NAMES[place % num_cities]
+        place_id = place // num_cities
+        lat, lon = float(rng.uniform(-60, 60)), float(rng.uniform(-170, 170))
+        for view_index in range(images_per_place):
+            image = _apply_view(scene, random_view(rng, 0.5, night=view_index % 4 == 3), image_size)
+            if layout == "folders":
+                _save_jpeg(image, root / f"place_{place:04d}" / f"{view_index:03d}.jpg")
+                continue
+            year, month, northdeg = int(rng.integers(2007, 2022)), int(rng.integers(1, 13)), int(rng.integers(360))
+            row = (place_id, city, year, month, northdeg, lat, lon, _panorama_id(rng))
+            name = f"{city}_{place_id:07d}_{year:04d}_{month:02d}_{northdeg:03d}_{lat}_{lon}_{row[-1]}.jpg"
+            _save_jpeg(image, root / "Images" / city / name)
+            rows[city].append(row)
+    if layout == "gsv":
+        header = ("place_id", "city_id", "year", "month", "northdeg", "lat", "lon", "panoid")
+        for city, city_rows in rows.items():
+            atomic_write_text(root / "Dataframes" / f"{city}.csv", _csv([header, *city_rows]))
+    return {"root": root, "layout": layout, "num_places": num_places, "num_images": num_places * images_per_place}

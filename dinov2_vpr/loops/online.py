@@ -33,7 +33,7 @@ _FIRST_K = 32
 
 
 class PlaceModel(Protocol):
-    """Anything that turns images into ``(N, D)`` unit descriptors (e.g. :class:`dinov2_vpr.model.PlaceDescriptor`)."""
+    """Anything that turns images into ``(N, D)`` unit descriptors (e.g. :class:`dinov2_vpr.models.descriptor.PlaceDescriptor`)."""
 
     def describe(self, images: Sequence[Any]) -> Any: ...
 

@@ -21,39 +21,11 @@ from dinov2_vpr.loops.sequence import (
     loop_detection_metrics,
     similarity_matrix_image,
 )
-from dinov2_vpr.retrieval.geo import UTM_NAME_PATTERN, parse_utm
 
 PAIR_LIST_FILE = "loop_candidates.txt"
 CANDIDATES_CSV = "loop_candidates.csv"
 SIMILARITY_IMAGE = "similarity_matrix.png"
 REPORT_FILE = "loops.json"
-FRAME_NAME_PATTERN = "<frame>@<x>@<y>.<ext>"
-
-
-def position_from_name(path: str | Path) -> tuple[float, float]:
-    """(x, y) from a file name: the VPR benchmark's UTM pattern, or ``<frame>@<x>@<y>.<ext>``.
-
-    Raises:
-        ValueError: the name follows neither pattern.
-    """
-    name = Path(path).name
-    if name.startswith("@"):
-        return parse_utm(name)
-    fields = Path(name).stem.split("@")
-    try:
-        x, y = float(fields[1]), float(fields[2])
-    except (IndexError, ValueError):
-        raise ValueError(
-            f"{path}: file name carries no position; expected {FRAME_NAME_PATTERN} or {UTM_NAME_PATTERN}"
-        ) from None
-    if not (math.isfinite(x) and math.isfinite(y)):
-        raise ValueError(f"{path}: position ({x}, {y}) must be finite numbers")
-    return x, y
-
-
-def positions_from_names(paths: Sequence[str | Path]) -> np.ndarray:
-    """``(len(paths), 2)`` float64 positions parsed with :func:`position_from_name`."""
-    return np.array([position_from_name(path) for path in paths], dtype=np.float64).reshape(len(paths), 2)
 
 
 def _json_ready(value):

@@ -6,13 +6,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-import dinov2_vpr.heads  # noqa: F401  (registers the heads)
+import dinov2_vpr.models.heads  # noqa: F401  (registers the heads)
 from dinov2 import distributed
 from dinov2.models import build_model_from_cfg
 from dinov2.utils.errors import InputError
-from dinov2_vpr.backbone import RANDOM_BACKBONE_WARNING, load_backbone
 from dinov2_vpr.data.presets import preset_options
 from dinov2_vpr.features.pooling import head_input_dim
+from dinov2_vpr.models.backbone import RANDOM_BACKBONE_WARNING, load_backbone
 from dinov2_vpr.registry import AGGREGATORS, HEADS, lookup
 
 from .aggregators import Aggregator, Pooled

@@ -19,10 +19,10 @@ from dinov2.run.submit import add_launcher_args
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists
-from dinov2_vpr.descriptors import describe_image_files
-from dinov2_vpr.evaluate import cosine_scores, evaluate_pair_list, format_table
+from dinov2_vpr.features.descriptors import describe_image_files
 from dinov2_vpr.io import atomic_write_text
 from dinov2_vpr.run.model_options import get_model_args_parser, setup_descriptor_run
+from dinov2_vpr.verification.evaluate import cosine_scores, evaluate_pair_list, format_table
 
 logger = logging.getLogger("dinov2")
 

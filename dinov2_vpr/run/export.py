@@ -16,9 +16,9 @@ from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
 from dinov2.run.cli import run_cli
 from dinov2_vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dinov2_vpr.export import DEFAULT_TOLERANCE, EXPORT_FORMATS, export_model
 from dinov2_vpr.io import atomic_write_text
-from dinov2_vpr.model import load_place_model
+from dinov2_vpr.models.descriptor import load_place_model
+from dinov2_vpr.models.export import DEFAULT_TOLERANCE, EXPORT_FORMATS, export_model
 from dinov2_vpr.run.model_options import add_backbone_args, add_descriptor_args, check_model_args
 
 logger = logging.getLogger("dinov2")

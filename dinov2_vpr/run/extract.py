@@ -18,7 +18,7 @@ from dinov2 import distributed
 from dinov2.run.cli import run_cli
 from dinov2.run.submit import add_launcher_args
 from dinov2_vpr.data.images import list_images
-from dinov2_vpr.descriptors import describe_image_files, save_descriptor_files
+from dinov2_vpr.features.descriptors import describe_image_files, save_descriptor_files
 from dinov2_vpr.io import atomic_write_text
 from dinov2_vpr.run.model_options import get_model_args_parser, model_description, setup_descriptor_run
 

@@ -27,20 +27,14 @@ from dinov2.run.cli import run_cli
 from dinov2.run.submit import add_launcher_args
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.images import list_images
-from dinov2_vpr.descriptors import describe_image_files, save_descriptor_files
+from dinov2_vpr.data.positions import position_from_name, positions_from_names, read_positions_csv
+from dinov2_vpr.features.descriptors import describe_image_files, save_descriptor_files
 from dinov2_vpr.io import atomic_write_text
 from dinov2_vpr.loops.index import IndexSettings
 from dinov2_vpr.loops.online import OnlineLoopDetector
-from dinov2_vpr.loops.report import (
-    REPORT_FILE,
-    format_loop_summary,
-    position_from_name,
-    positions_from_names,
-    write_loop_report,
-)
+from dinov2_vpr.loops.report import REPORT_FILE, format_loop_summary, write_loop_report
 from dinov2_vpr.loops.stream import STATE_FILE, StreamOptions, follow_folder
-from dinov2_vpr.model import load_place_model
-from dinov2_vpr.retrieval.geo import read_positions_csv
+from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.retrieval.search import INDEX_KINDS
 from dinov2_vpr.run.model_options import get_model_args_parser, model_description, setup_descriptor_run
 

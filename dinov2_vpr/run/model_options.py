@@ -12,10 +12,10 @@ from dinov2 import distributed
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
 from dinov2.utils.errors import InputError
-from dinov2_vpr.backbone import check_weights_choice
 from dinov2_vpr.config import setup_vpr_config
-from dinov2_vpr.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, model_info
+from dinov2_vpr.models.backbone import check_weights_choice
 from dinov2_vpr.models.build import METHOD_AGGREGATORS, method_options
+from dinov2_vpr.models.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, model_info
 
 logger = logging.getLogger("dinov2")
 
@@ -99,7 +99,7 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
 
 
 def model_description(cfg: DictConfig, args: argparse.Namespace) -> dict:
-    """:func:`dinov2_vpr.descriptor_config.model_info` of the command's options, with its config file and options."""
+    """:func:`dinov2_vpr.models.descriptor_config.model_info` of the command's options, with its config file and options."""
     return {
         **model_info(cfg, args.head, args.zero_shot, args.pretrained_weights),
         "config_file": args.config_file,

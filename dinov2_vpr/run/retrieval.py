@@ -18,9 +18,9 @@ from dinov2.run.cli import run_cli
 from dinov2.run.submit import add_launcher_args
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.images import list_images
-from dinov2_vpr.descriptors import describe_image_files, save_descriptor_files
+from dinov2_vpr.data.positions import utm_positions
+from dinov2_vpr.features.descriptors import describe_image_files, save_descriptor_files
 from dinov2_vpr.io import atomic_write_text
-from dinov2_vpr.retrieval.geo import utm_positions
 from dinov2_vpr.retrieval.recall import evaluate_retrieval
 from dinov2_vpr.retrieval.report import format_recall_table, write_retrieval_files
 from dinov2_vpr.retrieval.search import INDEX_KINDS

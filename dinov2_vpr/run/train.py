@@ -18,14 +18,14 @@ from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.run.cli import run_cli
 from dinov2.run.submit import add_launcher_args
 from dinov2.utils.errors import InputError
-from dinov2_vpr.checkpoint import HEAD_FILE, load_head_file
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_query
+from dinov2_vpr.features.pipeline import image_features
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
-from dinov2_vpr.pipeline import image_features
+from dinov2_vpr.models.files import HEAD_FILE, load_head_file
 from dinov2_vpr.run.model_options import add_backbone_args, check_backbone_args, setup_run
-from dinov2_vpr.train import train_head
+from dinov2_vpr.training.trainer import train_head
 
 logger = logging.getLogger("dinov2")
 

@@ -8,7 +8,7 @@ from .base import Aggregation, Aggregator, BackboneTokens
 class Pooled(Aggregator):
     """The class token, the patch tokens' mean or their GeM, concatenated as ``vpr.head.input`` names them.
 
-    Not normalised, and not registered: a trained head (:class:`dinov2_vpr.heads.MLPHead`) follows
+    Not normalised, and not registered: a trained head (:class:`dinov2_vpr.models.heads.MLPHead`) follows
     it in the :class:`~dinov2_vpr.models.PlaceModel`. The values are those of the feature cache, so a
     head trained there gives the same descriptors here.
 

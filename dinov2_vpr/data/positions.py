@@ -1,4 +1,5 @@
-"""Positions of images: UTM coordinates in VPR-benchmark file names, or a CSV of positions."""
+"""Positions of images, shared by retrieval and loop detection: UTM coordinates in VPR-benchmark file names,
+``<frame>@<x>@<y>`` names, or a CSV of positions."""
 
 import csv
 import math
@@ -103,3 +104,32 @@ def read_positions_csv(path: str | Path, names: Sequence[str | Path]) -> np.ndar
             "the name column must hold the frame names exactly"
         )
     return np.array([positions[str(name)] for name in names], dtype=np.float64).reshape(len(names), 2)
+
+
+FRAME_NAME_PATTERN = "<frame>@<x>@<y>.<ext>"
+
+
+def position_from_name(path: str | Path) -> tuple[float, float]:
+    """(x, y) from a file name: the VPR benchmark's UTM pattern, or ``<frame>@<x>@<y>.<ext>``.
+
+    Raises:
+        InputError: the name follows neither pattern.
+    """
+    name = Path(path).name
+    if name.startswith("@"):
+        return parse_utm(name)
+    fields = Path(name).stem.split("@")
+    try:
+        x, y = float(fields[1]), float(fields[2])
+    except (IndexError, ValueError):
+        raise InputError(
+            f"{path}: file name carries no position; expected {FRAME_NAME_PATTERN} or {UTM_NAME_PATTERN}"
+        ) from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise InputError(f"{path}: position ({x}, {y}) must be finite numbers")
+    return x, y
+
+
+def positions_from_names(paths: Sequence[str | Path]) -> np.ndarray:
+    """``(len(paths), 2)`` float64 positions parsed with :func:`position_from_name`."""
+    return np.array([position_from_name(path) for path in paths], dtype=np.float64).reshape(len(paths), 2)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from dinov2_vpr.evaluate import describe_rows
+from dinov2_vpr.features.pipeline import image_features, model_descriptors
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_write, atomic_write_text
 from dinov2_vpr.models import build_head
-from dinov2_vpr.pipeline import image_features, model_descriptors
+from dinov2_vpr.verification.evaluate import describe_rows
 
 DESCRIPTOR_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -29,7 +29,7 @@ def describe_image_files(
     """``(N, D)`` float32 unit descriptors of ``image_paths`` (in order), encoding only what the cache lacks.
 
     Args:
-        cfg: the run's config, with ``vpr.head`` set by :func:`dinov2_vpr.descriptor_config.configure_descriptor`.
+        cfg: the run's config, with ``vpr.head`` set by :func:`dinov2_vpr.models.descriptor_config.configure_descriptor`.
         pretrained_weights: backbone weights; None for a random backbone (tests only).
         head_state: the head file's contents, or None for a parameter-free (zero-shot) head or a
             method's model (``vpr.model.method``, whose descriptors are cached themselves).

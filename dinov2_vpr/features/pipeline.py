@@ -8,11 +8,11 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from dinov2 import distributed
-from dinov2_vpr.backbone import descriptor_settings, feature_settings, features_autocast_dtype, load_backbone
 from dinov2_vpr.data.transforms import image_transform
 from dinov2_vpr.features.cache import FeatureCache
 from dinov2_vpr.features.extract import extract_features
 from dinov2_vpr.features.pooling import pooled_encoder
+from dinov2_vpr.models.backbone import descriptor_settings, feature_settings, features_autocast_dtype, load_backbone
 from dinov2_vpr.models.build import build_method_model
 
 logger = logging.getLogger("dinov2")

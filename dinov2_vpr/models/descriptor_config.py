@@ -1,7 +1,7 @@
 """Which descriptor a run computes: a trained head (its file and training config) or zero-shot pooling.
 
 Shared by every command and API that turns images into descriptors (eval, extract, retrieval,
-loops, export, :func:`dinov2_vpr.model.load_place_model`), so that a head is always applied with
+loops, export, :func:`dinov2_vpr.models.descriptor.load_place_model`), so that a head is always applied with
 the backbone and preprocessing it was trained on.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dinov2.utils.errors import InputError
-from dinov2_vpr.checkpoint import HEAD_FILE, load_head_file
+from dinov2_vpr.models.files import HEAD_FILE, load_head_file
 
 # Settings a head was trained with that must hold for its inputs to mean the same thing.
 HEAD_BOUND_KEYS = ("student", "crops.global_crops_size", "vpr.data.image_size")

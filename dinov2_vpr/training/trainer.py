@@ -18,16 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-import dinov2_vpr.losses  # noqa: F401  (registers the losses)
+import dinov2_vpr.training.losses  # noqa: F401  (registers the losses)
 from dinov2 import distributed
 from dinov2.utils.utils import fix_random_seeds
-from dinov2_vpr.checkpoint import Checkpointer
 from dinov2_vpr.data.image_table import PairIndex
-from dinov2_vpr.evaluate import cosine_scores, describe_rows
-from dinov2_vpr.metrics import best_f1_threshold, pair_metrics
 from dinov2_vpr.models.build import build_head
-from dinov2_vpr.plots import pr_curve_figure
 from dinov2_vpr.registry import LOSSES, lookup
+from dinov2_vpr.training.checkpoints import Checkpointer
+from dinov2_vpr.verification.evaluate import cosine_scores, describe_rows
+from dinov2_vpr.verification.metrics import best_f1_threshold, pair_metrics
+from dinov2_vpr.verification.plots import pr_curve_figure
 
 logger = logging.getLogger("dinov2")
 

@@ -1,4 +1,4 @@
-"""Export of a :class:`~dinov2_vpr.model.PlaceDescriptor` (backbone, pooling, head) to TorchScript or ONNX.
+"""Export of a :class:`~dinov2_vpr.models.descriptor.PlaceDescriptor` (backbone, pooling, head) to TorchScript or ONNX.
 
 The exported model maps ``(B, 3, H, W)`` images, normalised as the model's transform makes them, at
 the model's image size, to ``(B, D)`` unit descriptors; the batch size may vary. For a square image
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from dinov2.layers.pos_embed import resample_patch_pos_embed
 from dinov2_vpr.io import atomic_write
-from dinov2_vpr.model import PlaceDescriptor
+from dinov2_vpr.models.descriptor import PlaceDescriptor
 
 logger = logging.getLogger("dinov2")
 

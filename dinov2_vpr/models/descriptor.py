@@ -13,12 +13,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 
-from dinov2_vpr.backbone import check_weights_choice, features_autocast_dtype
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.transforms import ImageTransform, image_transform, load_image
-from dinov2_vpr.descriptor_config import configure_descriptor, model_info
-from dinov2_vpr.models import PlaceModel, build_place_model
-from dinov2_vpr.models.build import method_options
+from dinov2_vpr.models.backbone import check_weights_choice, features_autocast_dtype
+from dinov2_vpr.models.build import build_place_model, method_options
+from dinov2_vpr.models.descriptor_config import configure_descriptor, model_info
+from dinov2_vpr.models.place_model import PlaceModel
 
 ImageLike = Image.Image | Tensor | str | Path
 
@@ -158,7 +158,7 @@ def load_place_model(
     Raises:
         InputError: no weights without ``random_backbone`` (or both), a head or zero-shot pooling
             with a method, or a head that does not fit the config (see
-            :func:`dinov2_vpr.descriptor_config.configure_descriptor`).
+            :func:`dinov2_vpr.models.descriptor_config.configure_descriptor`).
     """
     check_weights_choice(pretrained_weights, random_backbone, "pretrained_weights", "random_backbone=True")
     options = [*(method_options(method) if method else []), *opts]

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from dinov2 import distributed
-from dinov2.utils.errors import InputError, InputFileNotFoundError
+from dinov2.utils.errors import InputFileNotFoundError
 from dinov2.utils.files import load_torch_file
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 
 logger = logging.getLogger("dinov2")
 
-HEAD_FILE = "head.pth"
 LAST_POINTER = "last_checkpoint"
 TAGGED_PREFIX = "epoch_"
 
@@ -69,16 +68,3 @@ class Checkpointer:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint saved by :class:`Checkpointer` (on the CPU, as data: see :func:`load_torch_file`)."""
     return load_torch_file(path, what="checkpoint")
-
-
-def load_head_file(path: str | Path) -> dict:
-    """A saved head (``head.pth``) or a training checkpoint, as ``{"head": state, ...}``.
-
-    Raises:
-        InputError: the file is missing, unreadable, refused (pickled code) or holds no head.
-    """
-    state = load_torch_file(path, what="head file")
-    if not isinstance(state, dict) or "head" not in state:
-        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
-        raise InputError(f"{path} holds no head (found {found}); pass a head.pth written by training")
-    return state

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.data.pairs import Pair, write_result_file
 from dinov2_vpr.io import atomic_write_text
-from dinov2_vpr.metrics import pair_metrics
-from dinov2_vpr.plots import pr_curve_figure, save_figure, similarity_histogram_figure
+from dinov2_vpr.verification.metrics import pair_metrics
+from dinov2_vpr.verification.plots import pr_curve_figure, save_figure, similarity_histogram_figure
 
 logger = logging.getLogger("dinov2")
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
 from dinov2_vpr.io import atomic_write
-from dinov2_vpr.metrics import pair_metrics
+from dinov2_vpr.verification.metrics import pair_metrics
 
 
 def _new_figure() -> tuple[Figure, Axes]:
