@@ -1,9 +1,10 @@
 """Pictures of retrieval results: per-query grids of the top-K database images, and a Recall@K plot."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
@@ -20,6 +21,7 @@ NEGATIVE_COLOUR = (220, 30, 30)
 MISSING_COLOUR = (150, 150, 150)
 _BACKGROUND = (255, 255, 255)
 _TILE_BACKGROUND = (30, 30, 30)
+ATTENTION_ALPHA = 0.5
 
 
 def tile_origin(column: int) -> tuple[int, int]:
@@ -32,21 +34,46 @@ def grid_size(k: int) -> tuple[int, int]:
     return GAP + (k + 1) * (TILE_SIZE + GAP), CAPTION_HEIGHT + TILE_SIZE + GAP
 
 
-def _tile(image_path: str | Path | None, colour: tuple[int, int, int]) -> Image.Image:
-    """A TILE_SIZE square: a ``colour`` border around the image fitted inside (empty when no path)."""
+def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, alpha: float = ATTENTION_ALPHA) -> Image.Image:
+    """``image`` blended with a ``(h, w)`` heat map (scaled to [0, 1], stretched over the whole image, jet colours).
+
+    The map is stretched to the image's size, as the models' preprocessing stretches the image to the grid.
+    """
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2 or not np.isfinite(heatmap).all():
+        raise ValueError(f"heatmap must be a finite 2-D (h, w) array; got shape {heatmap.shape}")
+    low, high = float(heatmap.min()), float(heatmap.max())
+    scaled = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+    resized = np.asarray(Image.fromarray(scaled, mode="F").resize(image.size, Image.Resampling.BILINEAR))
+    colours = (colormaps["jet"](np.clip(resized, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
+    return Image.blend(image.convert("RGB"), Image.fromarray(colours, mode="RGB"), alpha)
+
+
+def _tile(
+    image_path: str | Path | None, colour: tuple[int, int, int], heatmap: np.ndarray | None = None
+) -> Image.Image:
+    """A TILE_SIZE square: a ``colour`` border around the image fitted inside (empty when no path),
+    with ``heatmap`` overlaid if given."""
     tile = Image.new("RGB", (TILE_SIZE, TILE_SIZE), colour)
     inner = TILE_SIZE - 2 * BORDER_WIDTH
     tile.paste(_TILE_BACKGROUND, (BORDER_WIDTH, BORDER_WIDTH, BORDER_WIDTH + inner, BORDER_WIDTH + inner))
     if image_path is not None:
         with Image.open(image_path) as image:
-            picture = ImageOps.contain(ImageOps.exif_transpose(image).convert("RGB"), (inner, inner))
+            picture = ImageOps.exif_transpose(image).convert("RGB")
+        if heatmap is not None:
+            picture = overlay_heatmap(picture, heatmap)
+        picture = ImageOps.contain(picture, (inner, inner))
         left = BORDER_WIDTH + (inner - picture.width) // 2
         top = BORDER_WIDTH + (inner - picture.height) // 2
         tile.paste(picture, (left, top))
     return tile
 
 
-def _chosen_queries(hits: np.ndarray, num_queries: int | None, only_wrong: bool) -> np.ndarray:
+def picture_queries(
+    predictions: np.ndarray, positives: Sequence[np.ndarray], num_queries: int | None = None, only_wrong: bool = False
+) -> np.ndarray:
+    """The query rows that get a picture, in order (see :func:`save_query_grids`)."""
+    hits = is_positive(predictions, positives)
     candidates = np.flatnonzero(~hits[:, 0]) if only_wrong else np.arange(len(hits))
     if num_queries is None or num_queries >= len(candidates):
         return candidates
@@ -66,6 +93,7 @@ def save_query_grids(
     k: int = 5,
     *,
     scores: np.ndarray | None = None,
+    attention: Mapping[int, np.ndarray] | None = None,
 ) -> list[Path]:
     """Save, for each chosen query, a PNG with the query and its top-``k`` results, and a .txt of paths.
 
@@ -82,6 +110,7 @@ def save_query_grids(
         only_wrong: choose only queries whose top-1 result is not a positive.
         k: results per query (at most ``maxK``).
         scores: optional ``(Q, maxK)`` similarities, shown in the captions.
+        attention: optional ``(h, w)`` heat maps by query row, overlaid on those queries' images.
 
     Returns:
         The PNG paths written.
@@ -95,11 +124,13 @@ def save_query_grids(
     out_dir.mkdir(parents=True, exist_ok=True)
     name_width = max(5, len(str(len(query_paths) - 1)))
     written = []
-    for query in _chosen_queries(hits, num_queries, only_wrong):
+    attention = attention or {}
+    for query in picture_queries(predictions, positives, num_queries, only_wrong):
         canvas = Image.new("RGB", grid_size(k), _BACKGROUND)
         draw = ImageDraw.Draw(canvas)
-        canvas.paste(_tile(query_paths[query], QUERY_COLOUR), tile_origin(0))
-        draw.text((tile_origin(0)[0], 6), "query", fill=(0, 0, 0))
+        heatmap = attention.get(int(query))
+        canvas.paste(_tile(query_paths[query], QUERY_COLOUR, heatmap), tile_origin(0))
+        draw.text((tile_origin(0)[0], 6), "query" if heatmap is None else "query + attention", fill=(0, 0, 0))
         lines = [f"query\t{query_paths[query]}", "rank\tpositive\tscore\tdatabase"]
         for rank in range(1, k + 1):
             row = int(predictions[query, rank - 1])

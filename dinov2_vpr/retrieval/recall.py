@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from dinov2_vpr.io import atomic_write
+from dinov2_vpr.retrieval.compression import PCA
 from dinov2_vpr.retrieval.search import build_index, describe_index, search
 
 
@@ -93,6 +94,13 @@ class RetrievalResult:
         recall_loss: for an approximate index, ``exact_recalls[K] - recalls[K]``.
         exact_build_seconds: for an approximate index, the exact index's build time.
         exact_search_seconds: for an approximate index, the exact search time.
+        compression: with PCA or float16 storage, ``{"descriptor_dim", "pca_dim", "pca_whiten", "float16"}``
+            (the full width; the PCA's output width and whitening, None without PCA; float16 storage).
+        full_recalls: with compression, the recalls of an exact float32 search of the full descriptors.
+        full_recall_loss: with compression, ``full_recalls[K] - recalls[K]`` (everything lost
+            against the full descriptors: compression, and approximation if the index is approximate).
+        full_build_seconds: with compression, the full exact index's build time.
+        full_search_seconds: with compression, the full exact search time.
     """
 
     recalls: dict[int, float]
@@ -106,6 +114,11 @@ class RetrievalResult:
     recall_loss: dict[int, float] | None = None
     exact_build_seconds: float | None = None
     exact_search_seconds: float | None = None
+    compression: dict[str, int | bool | None] | None = None
+    full_recalls: dict[int, float] | None = None
+    full_recall_loss: dict[int, float] | None = None
+    full_build_seconds: float | None = None
+    full_search_seconds: float | None = None
 
     def summary(self) -> dict[str, float | int | str]:
         """Flat JSON-ready metrics: ``R@K`` (fractions), counts, index settings and timings."""
@@ -120,6 +133,12 @@ class RetrievalResult:
             summary.update({f"recall_loss@{k}": loss for k, loss in self.recall_loss.items()})
             summary["exact_build_seconds"] = self.exact_build_seconds
             summary["exact_search_seconds"] = self.exact_search_seconds
+        if self.compression is not None and self.full_recalls is not None and self.full_recall_loss is not None:
+            summary.update(self.compression)
+            summary.update({f"full_R@{k}": recall for k, recall in self.full_recalls.items()})
+            summary.update({f"full_recall_loss@{k}": loss for k, loss in self.full_recall_loss.items()})
+            summary["full_build_seconds"] = self.full_build_seconds
+            summary["full_search_seconds"] = self.full_search_seconds
         return summary
 
 
@@ -141,6 +160,8 @@ def evaluate_retrieval(
     k_values: Sequence[int] = (1, 5, 10, 20),
     radius: float = 25.0,
     index_kind: str = "exact",
+    pca: PCA | None = None,
+    float16: bool = False,
     **index_params,
 ) -> RetrievalResult:
     """Recall@K of retrieving database images for queries by cosine similarity of descriptors.
@@ -152,7 +173,11 @@ def evaluate_retrieval(
         query_xy: ``(Q, 2)`` query positions.
         k_values: the K to report; the largest must not exceed N.
         radius: a result within this distance of the query is correct (25 m in the VPR benchmarks).
-        index_kind: ``"exact"``, ``"ivf"`` or ``"hnsw"``; an approximate kind is also compared with exact.
+        index_kind: ``"exact"``, ``"ivf"`` or ``"hnsw"``; an approximate kind is also compared with exact
+            search of the same (reduced, float16) descriptors.
+        pca: a PCA fitted on the database (:func:`~dinov2_vpr.retrieval.compression.fit_pca`): both
+            sides are searched reduced.
+        float16: the index stores the (reduced) descriptors in float16.
         **index_params: passed to `build_index` (nlist, nprobe, hnsw_m, ef_search, ef_construction).
     """
     k_values = sorted({int(k) for k in k_values})
@@ -167,8 +192,11 @@ def evaluate_retrieval(
     if max_k > len(database_desc):
         raise ValueError(f"K={max_k} exceeds the database size {len(database_desc)}; pass smaller k_values")
     positives = positives_within(database_xy, query_xy, radius)
+    searched_database, searched_queries = (
+        (pca.transform(database_desc), pca.transform(query_desc)) if pca is not None else (database_desc, query_desc)
+    )
     scores, predictions, index, build_seconds, search_seconds = _timed_search(
-        database_desc, query_desc, max_k, index_kind, index_params
+        searched_database, searched_queries, max_k, index_kind, {**index_params, "float16": float16}
     )
     result = RetrievalResult(
         recalls=recall_at_k(predictions, positives, k_values),
@@ -181,10 +209,22 @@ def evaluate_retrieval(
     )
     if index_kind != "exact":
         _, exact_predictions, _, result.exact_build_seconds, result.exact_search_seconds = _timed_search(
-            database_desc, query_desc, max_k, "exact", {}
+            searched_database, searched_queries, max_k, "exact", {"float16": float16}
         )
         result.exact_recalls = recall_at_k(exact_predictions, positives, k_values)
         result.recall_loss = {k: result.exact_recalls[k] - result.recalls[k] for k in k_values}
+    if pca is not None or float16:
+        _, full_predictions, _, result.full_build_seconds, result.full_search_seconds = _timed_search(
+            database_desc, query_desc, max_k, "exact", {}
+        )
+        result.full_recalls = recall_at_k(full_predictions, positives, k_values)
+        result.full_recall_loss = {k: result.full_recalls[k] - result.recalls[k] for k in k_values}
+        result.compression = {
+            "descriptor_dim": int(np.shape(database_desc)[1]),
+            "pca_dim": pca.output_dim if pca is not None else None,
+            "pca_whiten": pca.whiten if pca is not None else None,
+            "float16": float16,
+        }
     return result
 
 

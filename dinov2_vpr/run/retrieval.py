@@ -4,7 +4,10 @@
 position (``@<east>@<north>@...@.jpg``) as the common VPR datasets downloader prepares Pitts30k,
 Tokyo 24/7, MSLS, SF-XL and St Lucia. A database image is a positive for a query within
 ``--positive-dist-threshold`` metres. Writes ``metrics.json``, ``predictions.csv``,
-``recall_at_k.png``, query pictures on request (``preds/``) and the descriptors on request.
+``recall_at_k.png``, query pictures on request (``preds/``, with BoQ's attention on the query with
+``--save-attention``) and the descriptors on request. For large maps, ``--pca-dim`` (``--pca-whiten``)
+and ``--float16`` compress the descriptors; the PCA is saved to ``pca.npz`` and the loss against the
+full descriptors is reported.
 Runs under torchrun, or on SLURM with ``--slurm`` (see :mod:`dinov2.run.submit`).
 """
 
@@ -12,6 +15,8 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from dinov2 import distributed
 from dinov2.run.cli import run_cli
@@ -21,7 +26,11 @@ from dinov2_vpr.data.images import list_images
 from dinov2_vpr.data.positions import utm_positions
 from dinov2_vpr.features.descriptors import describe_image_files, save_descriptor_files
 from dinov2_vpr.io import atomic_write_text
-from dinov2_vpr.retrieval.recall import evaluate_retrieval
+from dinov2_vpr.models.descriptor import load_place_model
+from dinov2_vpr.retrieval.attention import attention_heatmaps
+from dinov2_vpr.retrieval.compression import PCA_FILE, fit_pca
+from dinov2_vpr.retrieval.pictures import picture_queries
+from dinov2_vpr.retrieval.recall import RetrievalResult, evaluate_retrieval
 from dinov2_vpr.retrieval.report import format_recall_table, write_retrieval_files
 from dinov2_vpr.retrieval.search import INDEX_KINDS
 from dinov2_vpr.run.model_options import get_model_args_parser, model_description, setup_descriptor_run
@@ -54,7 +63,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--hnsw-m", type=int, help="HNSW neighbours per node (default 32)")
     parser.add_argument("--ef-search", type=int, help="HNSW search candidate list (default 128)")
     parser.add_argument("--ef-construction", type=int, help="HNSW build candidate list (default 80)")
-    parser.add_argument("--save-descriptors", action="store_true", help="Also write the database and query descriptors")
+    parser.add_argument(
+        "--pca-dim",
+        type=int,
+        help="Reduce the descriptors to this many dimensions by PCA fitted on the database (saved to pca.npz)",
+    )
+    parser.add_argument("--pca-whiten", action="store_true", help="With --pca-dim: whiten the PCA")
+    parser.add_argument(
+        "--pca-train-size",
+        type=int,
+        help="With --pca-dim: fit on this many database descriptors drawn at random (default: all)",
+    )
+    parser.add_argument(
+        "--float16", action="store_true", help="Store the (reduced) descriptors in float16, in the index and files"
+    )
+    parser.add_argument(
+        "--save-descriptors",
+        action="store_true",
+        help="Also write the database and query descriptors (as searched: reduced, float16)",
+    )
     parser.add_argument(
         "--num-preds-to-save",
         type=int,
@@ -66,6 +93,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--save-only-wrong-preds", action="store_true", help="Pictures only of queries whose top-1 is wrong"
+    )
+    parser.add_argument(
+        "--save-attention", action="store_true", help="With --method boq: overlay BoQ's attention on the query pictures"
     )
     return add_launcher_args(parser)
 
@@ -82,6 +112,50 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if args.num_queries_to_save is not None and args.num_queries_to_save < 1:
         raise InputError(f"--num-queries-to-save must be at least 1; got {args.num_queries_to_save}")
+    if args.pca_dim is None and (args.pca_whiten or args.pca_train_size is not None):
+        raise InputError("--pca-whiten and --pca-train-size set up the PCA: give --pca-dim too")
+    if args.pca_dim is not None and args.pca_dim < 1:
+        raise InputError(f"--pca-dim must be at least 1; got {args.pca_dim}")
+    if args.pca_train_size is not None and args.pca_train_size < 2:
+        raise InputError(f"--pca-train-size must be at least 2; got {args.pca_train_size}")
+    if args.save_attention and args.method != "boq":
+        raise InputError(
+            "--save-attention needs --method boq: only BoQ's aggregator has attention maps"
+            + (f" (--method {args.method} has none)" if args.method else "")
+        )
+    if args.save_attention and args.num_preds_to_save == 0:
+        raise InputError("--save-attention draws on the query pictures: give --num-preds-to-save too")
+
+
+def _check_pca_dim(args: argparse.Namespace, num_database: int, descriptor_dim: int | None = None) -> None:
+    """``--pca-dim`` below the number of descriptors the PCA is fitted on, and at most their dimension."""
+    if args.pca_dim is None:
+        return
+    num_train = min(num_database, args.pca_train_size or num_database)
+    if args.pca_dim >= num_train:
+        raise InputError(
+            f"--pca-dim {args.pca_dim} must be smaller than the {num_train} database descriptors the PCA is "
+            f"fitted on ({num_train} centred vectors span at most {num_train - 1} dimensions)"
+        )
+    if descriptor_dim is not None and args.pca_dim > descriptor_dim:
+        raise InputError(f"--pca-dim {args.pca_dim} exceeds the descriptor dimension {descriptor_dim}")
+
+
+def _query_attention(
+    args: argparse.Namespace, result: RetrievalResult, query_paths: list[Path]
+) -> dict[int, np.ndarray]:
+    """BoQ's attention heat map of each query that gets a picture, by query row."""
+    rows = picture_queries(result.predictions, result.positives, args.num_queries_to_save, args.save_only_wrong_preds)
+    model = load_place_model(
+        pretrained_weights=args.pretrained_weights,
+        config_file=args.config_file,
+        opts=args.opts or [],
+        random_backbone=args.random_backbone,
+        method=args.method,
+    )
+    logger.info("Attention maps of the %d queries with a picture", len(rows))
+    heatmaps = attention_heatmaps(model, [query_paths[row] for row in rows])
+    return dict(zip((int(row) for row in rows), heatmaps, strict=True))
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -96,6 +170,7 @@ def main(args: argparse.Namespace) -> dict:
         raise InputError(
             f"--recall-values up to {max(args.recall_values)} exceed the {len(database_paths)} database images"
         )
+    _check_pca_dim(args, len(database_paths))
     logger.info("%d database images and %d queries under %s", len(database_paths), len(query_paths), root)
     descriptors = describe_image_files(
         cfg, args.pretrained_weights, head_state, database_paths + query_paths, args.output_dir
@@ -104,6 +179,11 @@ def main(args: argparse.Namespace) -> dict:
     if not distributed.is_main_process():
         return {}
 
+    _check_pca_dim(args, len(database_paths), descriptors.shape[1])
+    pca = None
+    if args.pca_dim is not None:
+        pca = fit_pca(database_desc, args.pca_dim, whiten=args.pca_whiten, train_size=args.pca_train_size)
+        pca.save(Path(args.output_dir) / PCA_FILE)
     index_params = {name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None}
     result = evaluate_retrieval(
         database_desc,
@@ -113,6 +193,8 @@ def main(args: argparse.Namespace) -> dict:
         args.recall_values,
         radius=args.positive_dist_threshold,
         index_kind=args.index,
+        pca=pca,
+        float16=args.float16,
         **index_params,
     )
     files = write_retrieval_files(
@@ -123,14 +205,18 @@ def main(args: argparse.Namespace) -> dict:
         args.num_preds_to_save,
         args.num_queries_to_save,
         args.save_only_wrong_preds,
+        _query_attention(args, result, query_paths) if args.save_attention else None,
     )
+    if pca is not None:
+        files["pca"] = PCA_FILE
     if args.save_descriptors:
-        files["database_descriptors"] = save_descriptor_files(
-            args.output_dir, database_desc, database_paths, prefix="database_"
-        )
-        files["queries_descriptors"] = save_descriptor_files(
-            args.output_dir, query_desc, query_paths, prefix="queries_"
-        )
+        dtype = "float16" if args.float16 else "float32"
+        for prefix, desc, paths in (
+            ("database_", database_desc, database_paths),
+            ("queries_", query_desc, query_paths),
+        ):
+            stored = pca.transform(desc) if pca is not None else desc
+            files[f"{prefix}descriptors"] = save_descriptor_files(args.output_dir, stored, paths, dtype, prefix)
     metrics = {
         **result.summary(),
         "positive_dist_threshold": args.positive_dist_threshold,
