@@ -276,13 +276,13 @@ def test_each_distinct_image_is_checked_once(tmp_path, monkeypatch):
     images = ("q/1.jpg", "r/1.jpg", "r/2.jpg")
     path = _write_list(tmp_path, "list.txt", "q/1.jpg, r/1.jpg, 1\nq/1.jpg, r/2.jpg, 0\nq/1.jpg, r/1.jpg, 1\n", images)
     checked = []
-    original = pairs_module._image_problem
+    original = pairs_module.image_problem
 
     def counting(image_path):
         checked.append(image_path)
         return original(image_path)
 
-    monkeypatch.setattr(pairs_module, "_image_problem", counting)
+    monkeypatch.setattr(pairs_module, "image_problem", counting)
     read_pair_lists([path, path], tmp_path)
     assert sorted(checked) == sorted(tmp_path / image for image in images)
 

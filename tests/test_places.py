@@ -88,7 +88,7 @@ def test_gsv_problems_are_all_reported_by_file_and_line(gsv: Path, monkeypatch):
     rows.append(dict(rows[9]))  # line 14: the same image as line 11
     _write_rows(frame, rows)
     checked = []
-    monkeypatch.setattr(places_module, "_image_problem", lambda path: checked.append(path) or _real(path))
+    monkeypatch.setattr(places_module, "image_problem", lambda path: checked.append(path) or _real(path))
 
     with pytest.raises(PlaceDatasetError) as error:
         read_places(gsv, images_per_place=4)
@@ -112,7 +112,7 @@ def test_gsv_problems_are_all_reported_by_file_and_line(gsv: Path, monkeypatch):
     assert places.problems == problems
 
 
-_real = places_module._image_problem
+_real = places_module.image_problem
 
 
 def test_missing_column_and_small_places(gsv: Path):

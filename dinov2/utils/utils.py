@@ -115,6 +115,24 @@ def checkpoint_hints(model_state: Mapping[str, Tensor], checkpoint: Mapping[str,
     return hints
 
 
+def state_dict_differences(model_state: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> list[str]:
+    """A line for each kind of difference of ``state`` from ``model_state`` (missing, unexpected and
+    mis-shaped keys, the first few of each and a count); empty when ``state`` fits exactly."""
+    missing = [key for key in model_state if key not in state]
+    unexpected = [key for key in state if key not in model_state]
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in model_state.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    lines = []
+    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if keys:
+            more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+            lines.append(f"{len(keys)} {title}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+    return lines
+
+
 def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoint_key: str | None = None) -> None:
     """Load backbone weights into ``model`` strictly.
 
@@ -134,23 +152,10 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoin
     checkpoint = _read_checkpoint(pretrained_weights)
     state_dict = convert_checkpoint(_extract_state_dict(checkpoint, checkpoint_key, pretrained_weights))
     model_state = model.state_dict()
-    missing = [key for key in model_state if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in model_state]
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
-        for key, value in model_state.items()
-        if key in state_dict and state_dict[key].shape != value.shape
-    ]
-    if missing or unexpected or mismatched:
+    differences = state_dict_differences(model_state, state_dict)
+    if differences:
         lines = [f"The weights in {pretrained_weights!r} do not fit the model:"]
-        for title, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        ):
-            if keys:
-                more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
-                lines.append(f"  {len(keys)} {title}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+        lines.extend(f"  {difference}" for difference in differences)
         hints = checkpoint_hints(model_state, state_dict)
         lines.extend(f"  hint: {hint}" for hint in hints)
         if not hints:

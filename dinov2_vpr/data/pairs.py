@@ -15,14 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from dinov2.utils.errors import InputError, InputFileNotFoundError
+from dinov2_vpr.data.problems import ProblemListError, image_problem
 from dinov2_vpr.io import atomic_write_text
 
 logger = logging.getLogger("dinov2")
 
-MAX_LISTED_PROBLEMS = 20
 LABELS = ("0", "1")
 
 
@@ -45,22 +43,11 @@ class Pair:
     line: int
 
 
-class PairListError(InputError):
+class PairListError(ProblemListError):
     """Invalid pair list lines or images; ``problems`` holds one ``file:line: what is wrong`` each."""
 
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
-        shown = self.problems[:MAX_LISTED_PROBLEMS]
-        lines = [f"{len(self.problems)} problem(s) in the pair lists:"]
-        lines += [f"  {problem}" for problem in shown]
-        if len(self.problems) > len(shown):
-            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
-        lines.append("Fix these lines or images, or set vpr.data.skip_invalid=true to skip the invalid pairs.")
-        super().__init__("\n".join(lines))
-
-    def __reduce__(self) -> tuple:
-        """Pickle from the problems (e.g. across submitit or DataLoader worker processes)."""
-        return type(self), (self.problems,)
+    subject = "the pair lists"
+    remedy = "Fix these lines or images, or set vpr.data.skip_invalid=true to skip the invalid pairs."
 
 
 def find_pair_lists(root: str | Path) -> list[Path]:
@@ -167,20 +154,6 @@ def parse_pair_list(path: str | Path) -> tuple[list[Pair], list[str]]:
     return pairs, [f"{path}:{line}: {what}" for line, what in issues]
 
 
-def _image_problem(path: Path) -> str | None:
-    """Why ``path`` is not a usable image, or None when PIL can open it and read its size."""
-    if not path.is_file():
-        return f"not found: {path}"
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return f"cannot be read as an image ({type(error).__name__}: {error}): {path}"
-    if width <= 0 or height <= 0:
-        return f"has an empty size {width}x{height}: {path}"
-    return None
-
-
 def _outside_root_problem(name: str, image_root: Path) -> str | None:
     """Why the list path ``name`` leaves ``image_root`` (absolute, or ``..`` above it), or None."""
     if Path(name).is_absolute():
@@ -232,7 +205,7 @@ def read_pair_lists(
         distinct = dict.fromkeys(name for pair in pairs for name in (pair.query, pair.reference))
         image_problems = {
             name: (None if allow_outside_root else _outside_root_problem(name, image_root))
-            or (_image_problem(image_root / name) if check_images else None)
+            or (image_problem(image_root / name) if check_images else None)
             for name in distinct
         }
         kept = []

@@ -11,13 +11,12 @@ where ``lat`` and ``lon`` are Python ``str()`` of the floats. Folder layout: ``r
 import csv
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinov2.utils.errors import InputError, InputFileNotFoundError
 from dinov2_vpr.data.images import IMAGE_EXTENSIONS
-from dinov2_vpr.data.pairs import MAX_LISTED_PROBLEMS, _image_problem
+from dinov2_vpr.data.problems import ProblemListError, image_problem
 
 logger = logging.getLogger("dinov2")
 
@@ -45,22 +44,11 @@ class Places:
     problems: list[str] = field(default_factory=list)
 
 
-class PlaceDatasetError(InputError):
+class PlaceDatasetError(ProblemListError):
     """Invalid rows, images or places of a place dataset; ``problems`` holds one message each."""
 
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
-        shown = self.problems[:MAX_LISTED_PROBLEMS]
-        lines = [f"{len(self.problems)} problem(s) in the place dataset:"]
-        lines += [f"  {problem}" for problem in shown]
-        if len(self.problems) > len(shown):
-            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
-        lines.append("Fix these rows, images or places, or set vpr.data.skip_invalid=true to skip them.")
-        super().__init__("\n".join(lines))
-
-    def __reduce__(self) -> tuple:
-        """Pickle from the problems (e.g. across submitit or DataLoader worker processes)."""
-        return type(self), (self.problems,)
+    subject = "the place dataset"
+    remedy = "Fix these rows, images or places, or set vpr.data.skip_invalid=true to skip them."
 
 
 def detect_layout(root: str | Path) -> str:
@@ -138,7 +126,7 @@ class _ImageChecker:
 
     def __call__(self, path: Path) -> str | None:
         if path not in self._seen:
-            self._seen[path] = _image_problem(path)
+            self._seen[path] = image_problem(path)
         return self._seen[path]
 
 

@@ -14,6 +14,7 @@ from dinov2.models import DinoVisionTransformer, build_model_from_cfg
 from dinov2.utils.errors import InputError
 from dinov2.utils.files import load_torch_file
 from dinov2.utils.utils import checkpoint_hints as backbone_hints
+from dinov2.utils.utils import state_dict_differences
 
 from .aggregators import SALAD, Aggregator, BoQ
 from .place_model import PlaceModel, backbone_blocks
@@ -144,20 +145,10 @@ def convert_released_state_dict(
 def _check_keys(model: PlaceModel, state: Mapping[str, Tensor], method: str, source: str) -> None:
     """Raise :class:`InputError` with the missing, unexpected and mis-shaped keys and what would fit."""
     model_state = model.state_dict()
-    missing = [key for key in model_state if key not in state]
-    unexpected = [key for key in state if key not in model_state]
-    mismatched = [
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(value.shape)}"
-        for key, value in model_state.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    if not (missing or unexpected or mismatched):
+    differences = state_dict_differences(model_state, state)
+    if not differences:
         return
-    lines = [f"{source} does not fit the {method} model:"]
-    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-        if keys:
-            more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
-            lines.append(f"{len(keys)} {title}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+    lines = [f"{source} does not fit the {method} model:", *differences]
 
     def backbone_part(keys: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {key.removeprefix("backbone."): value for key, value in keys.items() if key.startswith("backbone.")}
@@ -165,7 +156,11 @@ def _check_keys(model: PlaceModel, state: Mapping[str, Tensor], method: str, sou
     hints = backbone_hints(backbone_part(model_state), backbone_part(state))
     if model.backbone.chunked_blocks:
         hints.append("the backbone has chunked blocks; build it with block_chunks=0 as the released files are")
-    if any(key.startswith("aggregator.") for key in missing + unexpected + mismatched):
+    aggregator_keys = {key for key in (*model_state, *state) if key.startswith("aggregator.")}
+    if any(
+        key not in state or key not in model_state or state[key].shape != model_state[key].shape
+        for key in aggregator_keys
+    ):
         hints.append(f"the aggregator.* tensors do not form the official {type(model.aggregator).__name__}")
     lines += [f"hint: {hint}" for hint in hints]
     raise InputError("\n  ".join(lines))
