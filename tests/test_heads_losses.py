@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import dinov2_vpr.models.heads  # noqa: F401  (registers the heads)
-import dinov2_vpr.training.losses  # noqa: F401  (registers the losses)
+import dinov2_vpr.training.losses  # noqa: F401  (registers the pair losses)
+import dinov2_vpr.training.place_losses  # noqa: F401  (registers the multi-similarity loss)
 from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
@@ -16,6 +17,7 @@ from dinov2_vpr.verification.evaluate import cosine_scores, describe_rows
 
 HEAD_NAMES = sorted(name for name, _ in HEADS)
 LOSS_NAMES = sorted(name for name, _ in LOSSES)
+PAIR_LOSS_NAMES = ["ContrastiveLoss", "ScaledCosineBCELoss"]  # on pair similarities; the rest on place batches
 
 
 def _separable_pairs(num_places: int = 12, dim: int = 24):
@@ -32,8 +34,8 @@ def _separable_pairs(num_places: int = 12, dim: int = 24):
 
 
 def test_registries_hold_the_documented_names():
-    assert HEAD_NAMES == ["IdentityHead", "MLPHead"]
-    assert LOSS_NAMES == ["ContrastiveLoss", "ScaledCosineBCELoss"]
+    assert HEAD_NAMES == ["MLPHead"]
+    assert LOSS_NAMES == sorted([*PAIR_LOSS_NAMES, "MultiSimilarityLoss"])
 
 
 @pytest.mark.parametrize("head_name", HEAD_NAMES)
@@ -45,8 +47,8 @@ def test_every_head_gives_unit_descriptors(head_name, input_name, width):
     torch.testing.assert_close(descriptors.norm(dim=-1), torch.ones(5))
 
 
-@pytest.mark.parametrize("loss_name", LOSS_NAMES)
-def test_every_loss_trains_a_head_that_separates_places(loss_name, tmp_path):
+@pytest.mark.parametrize("loss_name", PAIR_LOSS_NAMES)
+def test_every_pair_loss_trains_a_head_that_separates_places(loss_name, tmp_path):
     features, pairs = _separable_pairs()
     opts = [
         f"vpr.loss.name={loss_name}",
@@ -66,18 +68,16 @@ def test_every_loss_trains_a_head_that_separates_places(loss_name, tmp_path):
     assert result.best_average_precision == pytest.approx(1.0)
 
 
-def test_losses_pull_positives_and_push_negatives():
+def test_pair_losses_pull_positives_and_push_negatives():
     similarity = torch.tensor([0.9, 0.2, 0.9, 0.2])
     labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    for loss in (build_loss(build_vpr_config(None, [f"vpr.loss.name={name}"])) for name in LOSS_NAMES):
+    for loss in (build_loss(build_vpr_config(None, [f"vpr.loss.name={name}"])) for name in PAIR_LOSS_NAMES):
         values = loss(similarity, labels)
         assert values[0] < values[1] and values[3] < values[2]
 
 
 def test_unknown_names_list_the_registered_ones():
-    with pytest.raises(
-        InputError, match=r"vpr.head.name='Transformer' is not registered; choose one of: IdentityHead, MLPHead"
-    ):
+    with pytest.raises(InputError, match=r"vpr.head.name='Transformer' is not registered; choose one of: MLPHead"):
         build_head(build_vpr_config(None, ["vpr.head.name=Transformer"]), 384)
     with pytest.raises(InputError, match="vpr.loss.name='Triplet'"):
         build_loss(build_vpr_config(None, ["vpr.loss.name=Triplet"]))

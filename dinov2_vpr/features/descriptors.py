@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from dinov2_vpr.features.pipeline import image_features, model_descriptors
@@ -31,8 +32,8 @@ def describe_image_files(
     Args:
         cfg: the run's config, with ``vpr.head`` set by :func:`dinov2_vpr.models.descriptor_config.configure_descriptor`.
         pretrained_weights: backbone weights; None for a random backbone (tests only).
-        head_state: the head file's contents, or None for a parameter-free (zero-shot) head or a
-            method's model (``vpr.model.method``, whose descriptors are cached themselves).
+        head_state: the head file's contents, or None for zero-shot descriptors (``vpr.head.input``
+            pooled and L2-normalised) or a method's model (``vpr.model.method``, whose descriptors are cached themselves).
         image_paths: the images.
         output_dir: the run folder (holds the cache unless ``vpr.features.cache_dir`` is set).
 
@@ -41,10 +42,12 @@ def describe_image_files(
     if cfg.vpr.model.method:
         return model_descriptors(cfg, pretrained_weights, image_paths, output_dir).numpy().astype(np.float32)
     features, embed_dim = image_features(cfg, pretrained_weights, image_paths, output_dir)
+    inputs = head_input(features, cfg.vpr.head.input)
+    if head_state is None:  # zero-shot: the pooled features themselves (as the CLS and GeM aggregators give them)
+        return F.normalize(inputs, dim=-1).numpy().astype(np.float32)
     head = build_head(cfg, embed_dim)
-    if head_state is not None:
-        head.load_state_dict(head_state["head"])
-    return describe_rows(head, head_input(features, cfg.vpr.head.input)).numpy().astype(np.float32)
+    head.load_state_dict(head_state["head"])
+    return describe_rows(head, inputs).numpy().astype(np.float32)
 
 
 def save_descriptor_files(

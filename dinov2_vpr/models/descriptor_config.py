@@ -74,7 +74,7 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
     pooling = zero_shot or "cls"
     if pooling not in ZERO_SHOT_INPUTS:
         raise InputError(f"Zero-shot pooling {pooling!r} is unknown; choose one of {sorted(ZERO_SHOT_INPUTS)}")
-    cfg.vpr.head.name, cfg.vpr.head.input = "IdentityHead", ZERO_SHOT_INPUTS[pooling]
+    cfg.vpr.head.input = ZERO_SHOT_INPUTS[pooling]
     return None
 
 
@@ -85,7 +85,7 @@ def model_info(cfg: DictConfig, head: str | Path | None, zero_shot: str | None, 
         "method": method,
         "head": str(head_file_path(head).resolve()) if head is not None else None,
         "zero_shot": None if head is not None or method else (zero_shot or "cls"),
-        "head_name": None if method else cfg.vpr.head.name,
+        "head_name": cfg.vpr.head.name if head is not None else None,
         "head_input": None if method else cfg.vpr.head.input,
         "pretrained_weights": str(Path(pretrained_weights).resolve()) if pretrained_weights else None,
         "arch": cfg.student.arch,

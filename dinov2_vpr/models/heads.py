@@ -83,15 +83,3 @@ class MLPHead(nn.Module):
             else:
                 hidden = layer(hidden)
         return F.normalize(hidden, dim=-1)
-
-
-@HEADS.register()
-class IdentityHead(nn.Module):
-    """No parameters: the L2-normalised input is the descriptor (the training-free, zero-shot baseline)."""
-
-    def __init__(self, input_dim: int, **unused) -> None:
-        super().__init__()
-        self.output_dim = input_dim
-
-    def forward(self, features: Tensor) -> Tensor:
-        return F.normalize(features, dim=-1)
