@@ -32,7 +32,7 @@ STATE_VERSION = 1
 _FIRST_K = 32
 
 
-class PlaceModel(Protocol):
+class ImageDescriber(Protocol):
     """Anything that turns images into ``(N, D)`` unit descriptors (e.g. :class:`dinov2_vpr.models.descriptor.PlaceDescriptor`)."""
 
     def describe(self, images: Sequence[Any]) -> Any: ...
@@ -60,7 +60,7 @@ class OnlineLoopDetector:
         exclude_recent: int,
         top_k: int | None = None,
         index: str | IndexSettings = "exact",
-        model: PlaceModel | None = None,
+        model: ImageDescriber | None = None,
         descriptor_dtype: str = "float32",
     ) -> None:
         if exclude_recent < 0:
@@ -263,7 +263,7 @@ class OnlineLoopDetector:
             )
 
     @classmethod
-    def load(cls, path: str | Path, model: PlaceModel | None = None) -> "OnlineLoopDetector":
+    def load(cls, path: str | Path, model: ImageDescriber | None = None) -> "OnlineLoopDetector":
         """The detector saved by :meth:`save`, ready to go on.
 
         Raises:

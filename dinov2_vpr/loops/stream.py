@@ -22,7 +22,7 @@ from PIL import Image
 
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.images import list_images
-from dinov2_vpr.loops.online import OnlineLoopDetector, PlaceModel
+from dinov2_vpr.loops.online import ImageDescriber, OnlineLoopDetector
 from dinov2_vpr.loops.report import CANDIDATES_CSV, PAIR_LIST_FILE, candidates_csv_text
 from dinov2_vpr.loops.sequence import LoopCandidate
 
@@ -149,7 +149,7 @@ def _process_frame(
     path: Path,
     name: str,
     detector: OnlineLoopDetector,
-    model: PlaceModel,
+    model: ImageDescriber,
     files: CandidateFiles,
     rows: dict[str, int],
     progress: _Progress,
@@ -190,7 +190,7 @@ def _process_frame(
 def follow_folder(
     folder: str | Path,
     detector: OnlineLoopDetector,
-    model: PlaceModel,
+    model: ImageDescriber,
     output_dir: str | Path,
     options: StreamOptions,
     position_of: PositionOf | None = None,
