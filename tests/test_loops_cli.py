@@ -5,6 +5,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +26,7 @@ from dinov2_vpr.loops.report import write_loop_report
 from dinov2_vpr.loops.stream import STATE_FILE
 from dinov2_vpr.run import loops as loops_command
 
-from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS
+from .conftest import REPO_ROOT, TINY_MODEL_ARGS, TINY_MODEL_OPTS
 
 
 def _poses(poses_file) -> tuple[list[str], np.ndarray]:
@@ -291,3 +294,37 @@ def test_follow_takes_frames_as_they_are_written_and_skips_corrupt_ones(short_dr
     np.testing.assert_allclose(detector.descriptors[3], model.describe(source[3])[0].numpy(), atol=1e-5)
     saved = json.loads((tmp_path / "out" / "loops.json").read_text())
     assert saved["skipped"] == 1 and saved["frames"] == 8 and saved["latency_ms"]["add"]["median"] is not None
+
+
+def test_sigterm_stops_the_stream_between_frames_with_the_map_saved(short_drive, tmp_path):
+    """What a job scheduler or ``kill`` sends: the command finishes its frame, saves, prints its summary, exits 0."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = sorted(short_drive["images"].iterdir())
+    for frame in frames[:6]:
+        shutil.copy(frame, folder / frame.name)
+    output = tmp_path / "run"
+    argv = [*TINY_MODEL_ARGS, "--follow", str(folder), "--output-dir", str(output), "--zero-shot", "gem"]
+    argv += ["--exclude-recent", "3", "--threshold", "0.2", "--settle", "0", "--poll-interval", "0.05"]
+    argv += ["--idle-timeout", "120", "--save-every", "1", "--opts", *TINY_MODEL_OPTS]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dinov2_vpr.run.loops", *argv],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / STATE_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # saved after each frame (--save-every 1): the stream is running
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "Stop requested" in stdout
+    detector = _state(output)
+    assert 1 <= len(detector) <= 6 and len(detector) == len(set(detector.frame_ids))
+    rows = (output / "loop_candidates.csv").read_text().splitlines()
+    assert all(row.split(",")[0] in set(map(str, detector.frame_ids)) for row in rows[1:])

@@ -12,8 +12,11 @@ after the last save are cut off and their frames processed again, so nothing is 
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,47 +235,50 @@ def follow_folder(
         detector.save(output_dir / STATE_FILE)
 
     try:
-        while options.stop_after is None or done < options.stop_after:
-            try:
-                paths = [path for path in list_images(folder) if _frame_name(path, folder) not in handled]
-            except FileNotFoundError:
-                paths = []
-            now = time.time()
-            names = [_frame_name(path, folder) for path in paths]
-            if not known.issuperset(names):
-                known.update(names)
-                last_arrival = time.perf_counter()
-            processed_any = False
-            for path, name in zip(paths, names):
-                if options.stop_after is not None and done >= options.stop_after:
-                    break
+        with _stop_requests() as stop_requested:
+            while (options.stop_after is None or done < options.stop_after) and not stop_requested():
                 try:
-                    modified = path.stat().st_mtime
+                    paths = [path for path in list_images(folder) if _frame_name(path, folder) not in handled]
                 except FileNotFoundError:
-                    continue  # removed (or renamed) since listed
-                if now - modified < options.settle_s:
-                    break  # still being written: later frames wait for it
-                handled.add(name)
-                done += 1
-                processed_any = True
-                times = _process_frame(path, name, detector, model, files, rows, progress, position_of)
-                if times is not None:
-                    for step, seconds in zip(STEPS, times):
-                        timings[step].append(seconds)
-                unsaved += 1
-                if unsaved >= options.save_every:
-                    save()
-                    unsaved = 0
-                if time.perf_counter() - last_log >= options.log_every_s:
-                    last_log = time.perf_counter()
-                    _log_progress(len(detector), done, last_log - started, timings)
-            if processed_any:
-                last_arrival = time.perf_counter()
-                continue
-            if options.idle_timeout_s is not None and time.perf_counter() - last_arrival >= options.idle_timeout_s:
-                logger.info("No new frame for %.1f s: stopping", options.idle_timeout_s)
-                break
-            time.sleep(options.poll_s)
+                    paths = []
+                now = time.time()
+                names = [_frame_name(path, folder) for path in paths]
+                if not known.issuperset(names):
+                    known.update(names)
+                    last_arrival = time.perf_counter()
+                processed_any = False
+                for path, name in zip(paths, names):
+                    if (options.stop_after is not None and done >= options.stop_after) or stop_requested():
+                        break
+                    try:
+                        modified = path.stat().st_mtime
+                    except FileNotFoundError:
+                        continue  # removed (or renamed) since listed
+                    if now - modified < options.settle_s:
+                        break  # still being written: later frames wait for it
+                    handled.add(name)
+                    done += 1
+                    processed_any = True
+                    times = _process_frame(path, name, detector, model, files, rows, progress, position_of)
+                    if times is not None:
+                        for step, seconds in zip(STEPS, times):
+                            timings[step].append(seconds)
+                    unsaved += 1
+                    if unsaved >= options.save_every:
+                        save()
+                        unsaved = 0
+                    if time.perf_counter() - last_log >= options.log_every_s:
+                        last_log = time.perf_counter()
+                        _log_progress(len(detector), done, last_log - started, timings)
+                if processed_any:
+                    last_arrival = time.perf_counter()
+                    continue
+                if options.idle_timeout_s is not None and time.perf_counter() - last_arrival >= options.idle_timeout_s:
+                    logger.info("No new frame for %.1f s: stopping", options.idle_timeout_s)
+                    break
+                time.sleep(options.poll_s)
+            if stop_requested():
+                logger.info("Stop requested (Ctrl-C or SIGTERM): stopping after %d frames", done)
     finally:
         save()
         files.close()
@@ -290,6 +296,26 @@ def follow_folder(
     }
     _log_progress(len(detector), done, elapsed, timings)
     return summary
+
+
+@contextmanager
+def _stop_requests() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C (SIGINT) and SIGTERM (a job scheduler, ``kill``) ask the stream to stop between two frames.
+
+    Yields a function telling whether a stop was asked. A frame in hand is finished first, so the map
+    and the candidate files agree when the state is saved. Outside the main thread signals cannot be
+    handled, and nothing changes.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+    previous = {number: signal.signal(number, lambda *_: requested.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested.is_set
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float | None]:
