@@ -103,7 +103,8 @@ def descriptor_settings(
 ) -> dict:
     """Everything that determines a method model's descriptors (``vpr.model.method``), for their cache.
 
-    The model file is identified by its content; a random model by its seed and sizes.
+    The model file is identified by its content; a random model by its seed and sizes; a trained
+    place model (``vpr.model.trained``) also by its file's content.
     """
     method = cfg.vpr.model.method
     if pretrained_weights:
@@ -111,6 +112,8 @@ def descriptor_settings(
     else:
         sizes = OmegaConf.to_container(cfg.vpr.model.aggregator[method], resolve=True)
         model = {"random-init": cfg.vpr.train.seed, "aggregator": sizes}
+    if cfg.vpr.model.trained:
+        model["trained_sha256"] = file_digest(cfg.vpr.model.trained)
     return {
         "method": method,
         "model": model,

@@ -1,26 +1,30 @@
 """The place model of a run, from its config: a method's (SALAD, BoQ), or a head on pooled backbone features."""
 
 import logging
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 import dinov2_vpr.models.heads  # noqa: F401  (registers the heads)
 from dinov2 import distributed
 from dinov2.models import build_model_from_cfg
 from dinov2.utils.errors import InputError
+from dinov2.utils.files import load_torch_file
 from dinov2_vpr.data.presets import preset_options
 from dinov2_vpr.features.pooling import head_input_dim
 from dinov2_vpr.models.backbone import RANDOM_BACKBONE_WARNING, load_backbone
 from dinov2_vpr.registry import AGGREGATORS, HEADS, lookup
 
 from .aggregators import Aggregator, Pooled
-from .place_model import PlaceModel
+from .place_model import PlaceModel, backbone_blocks
 from .released import load_released_model
 
 logger = logging.getLogger("dinov2")
 
+# A trained place model in its run folder (``--model``).
+MODEL_FILE = "model.pth"
 # ``--method`` name -> registered aggregator; its sizes are ``vpr.model.aggregator.<method>``.
 METHOD_AGGREGATORS = {"salad": "SALAD", "boq": "BoQ"}
 # Zero-shot descriptors (``--zero-shot``, which sets ``vpr.head.input``) -> registered aggregator.
@@ -62,14 +66,93 @@ def method_aggregator(cfg: DictConfig, method: str, num_channels: int) -> Aggreg
     return AGGREGATORS.get(METHOD_AGGREGATORS[method])(num_channels, **sizes)
 
 
+def model_file_path(path: str | Path) -> Path:
+    """``path`` itself, or ``<path>/model.pth`` when ``path`` is a training output folder."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def load_model_file(path: str | Path) -> dict:
+    """A trained place model file (``model.pth``): ``{"model": trainable state, "config", "preprocessing", ...}``.
+
+    Raises:
+        InputError: the file is missing, unreadable, refused (pickled code) or no place model file.
+    """
+    state = load_torch_file(model_file_path(path), what="place model file")
+    if not isinstance(state, dict) or not {"model", "config", "preprocessing"} <= set(state):
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"{path} is no place model file (found {found}); pass a model.pth written by place training")
+    return state
+
+
+def trained_model_config(path: str | Path) -> DictConfig:
+    """The settings a trained place model brings: its backbone (architecture, position grid), ``vpr.model`` and preprocessing."""
+    path = model_file_path(path).resolve()
+    state = load_model_file(path)
+    saved, preprocessing = OmegaConf.create(state["config"]), state["preprocessing"]
+    model = {**OmegaConf.to_container(saved.vpr.model), "trained": str(path)}
+    data = {"image_size": list(preprocessing["size"]), "resize": preprocessing["resample"]}
+    crops = {"global_crops_size": saved.crops.global_crops_size}  # sizes the position embedding
+    return OmegaConf.create({"student": saved.student, "crops": crops, "vpr": {"model": model, "data": data}})
+
+
+def _trainable_prefixes(model: PlaceModel) -> tuple[str, ...]:
+    names = {id(module): name for name, module in model.named_modules()}
+    tail = backbone_blocks(model.backbone)[len(backbone_blocks(model.backbone)) - model.trainable_blocks :]
+    norm = [model.backbone.norm] if tail and model.aggregator.final_norm else []
+    return (*(names[id(module)] + "." for module in [*tail, *norm]), "aggregator.", "head.")
+
+
+def trainable_state(model: PlaceModel) -> dict[str, Tensor]:
+    """The state of what trains: the tail blocks, the final norm where the aggregator uses it, the aggregator and the head."""
+    prefixes = _trainable_prefixes(model)
+    return {key: value for key, value in model.state_dict().items() if key.startswith(prefixes)}
+
+
+def load_trainable_state(model: PlaceModel, state: dict[str, Tensor], source: str | Path) -> None:
+    """Load :func:`trainable_state` into ``model``, strictly: the keys must be exactly the model's trainable ones.
+
+    Raises:
+        InputError: keys missing or unexpected (another method, aggregator size or trainable_blocks), or shapes that differ.
+    """
+    expected = set(trainable_state(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise InputError(
+            f"{source} does not fit the model: missing {missing[:5]} ({len(missing)}), unexpected "
+            f"{unexpected[:5]} ({len(unexpected)}); use the backbone config it was trained with"
+        )
+    try:
+        model.load_state_dict({**model.state_dict(), **state})
+    except RuntimeError as error:
+        raise InputError(f"{source} does not fit the model: {error}") from None
+
+
+def build_trainable_model(cfg: DictConfig, pretrained_weights: str | None) -> PlaceModel:
+    """``vpr.model.method``'s model to fine-tune, on this rank's device: the DINOv2 backbone (``pretrained_weights``,
+    an official ``dinov2_*_pretrain.pth``, or random and seeded without), a new aggregator (seeded by
+    ``vpr.train.seed``) and the last ``vpr.model.trainable_blocks`` blocks trainable."""
+    backbone, _ = load_backbone(cfg, pretrained_weights)
+    torch.manual_seed(cfg.vpr.train.seed)
+    aggregator = method_aggregator(cfg, cfg.vpr.model.method, backbone.embed_dim)
+    model = PlaceModel(backbone, aggregator.to(next(backbone.parameters()).device), cfg.vpr.model.trainable_blocks)
+    return model.train()
+
+
 def build_method_model(cfg: DictConfig, pretrained_weights: str | None, device: torch.device) -> PlaceModel:
     """``vpr.model.method``'s model on the backbone of ``cfg``, frozen, in eval mode, on ``device``.
 
-    With ``pretrained_weights`` (the method's released file) the aggregator's sizes come from the
-    file; without, backbone and aggregator are random (seeded), for tests only.
+    With ``vpr.model.trained`` (a ``model.pth`` of place training) the backbone comes from
+    ``pretrained_weights`` (the DINOv2 file it was trained on) and the trained state from the file.
+    Otherwise, with ``pretrained_weights`` (the method's released file) the aggregator's sizes come
+    from the file; without, backbone and aggregator are random (seeded), for tests only.
     """
     method = cfg.vpr.model.method
-    if pretrained_weights:
+    if cfg.vpr.model.trained:
+        model = build_trainable_model(cfg, pretrained_weights)
+        load_trainable_state(model, load_model_file(cfg.vpr.model.trained)["model"], cfg.vpr.model.trained)
+        logger.info("Loaded the trained %s model %s", method, cfg.vpr.model.trained)
+    elif pretrained_weights:
         with torch.device("meta"):
             backbone, _ = build_model_from_cfg(cfg, only_teacher=True)
         model = load_released_model(method, pretrained_weights, backbone=backbone)

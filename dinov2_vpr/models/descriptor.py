@@ -13,10 +13,11 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 
+from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.transforms import ImageTransform, image_transform, load_image
 from dinov2_vpr.models.backbone import check_weights_choice, features_autocast_dtype
-from dinov2_vpr.models.build import build_place_model, method_options
+from dinov2_vpr.models.build import build_place_model, method_options, model_file_path
 from dinov2_vpr.models.descriptor_config import configure_descriptor, model_info
 from dinov2_vpr.models.place_model import PlaceModel
 
@@ -140,6 +141,7 @@ def load_place_model(
     zero_shot: str | None = None,
     method: str | None = None,
     device: str | torch.device | None = None,
+    model: str | Path | None = None,
 ) -> PlaceDescriptor:
     """Build a :class:`PlaceDescriptor` once, frozen and in eval mode.
 
@@ -154,24 +156,31 @@ def load_place_model(
         zero_shot: without a head, ``"cls"`` (default) or ``"gem"`` pooling as the descriptor.
         method: ``"salad"`` or ``"boq"``: that method's model and its official preprocessing.
         device: where the model runs; default this process's GPU, else the CPU.
+        model: a place model trained here (its run folder or ``model.pth``); ``pretrained_weights`` is
+            then the DINOv2 backbone it was trained on, and the file sets the architecture, aggregator
+            and preprocessing.
 
     Raises:
         InputError: no weights without ``random_backbone`` (or both), a head or zero-shot pooling
-            with a method, or a head that does not fit the config (see
+            with a method or a trained model, or a head that does not fit the config (see
             :func:`dinov2_vpr.models.descriptor_config.configure_descriptor`).
     """
     check_weights_choice(pretrained_weights, random_backbone, "pretrained_weights", "random_backbone=True")
+    if model is not None and (method or head is not None or zero_shot):
+        raise InputError("A trained model makes its own descriptors: give model without method, head or zero_shot")
     options = [*(method_options(method) if method else []), *opts]
+    if model is not None:
+        options.insert(0, f"vpr.model.trained={model_file_path(model).resolve()}")
     cfg = build_vpr_config(str(config_file) if config_file else None, options)
     head_state = configure_descriptor(cfg, head, zero_shot)
     weights = str(pretrained_weights) if pretrained_weights else None
-    model = build_place_model(cfg, weights, head_state)
+    place_model = build_place_model(cfg, weights, head_state)
     descriptor = PlaceDescriptor(
-        model,
+        place_model,
         image_transform(cfg),
-        features_autocast_dtype(cfg, next(model.parameters()).device),
+        features_autocast_dtype(cfg, next(place_model.parameters()).device),
         config=cfg,
-        settings=model_info(cfg, head, zero_shot, weights),
+        settings={**model_info(cfg, head, zero_shot, weights), "model": cfg.vpr.model.trained},
     )
     if device is not None:
         descriptor.to(device)

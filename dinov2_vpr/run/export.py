@@ -55,6 +55,7 @@ def main(args: argparse.Namespace) -> dict:
         random_backbone=args.random_backbone,
         zero_shot=args.zero_shot,
         method=args.method,
+        model=args.model,
         device="cpu",
     )
     output = Path(args.output)

@@ -14,7 +14,7 @@ from dinov2.logging import setup_logging
 from dinov2.utils.errors import InputError
 from dinov2_vpr.config import setup_vpr_config
 from dinov2_vpr.models.backbone import check_weights_choice
-from dinov2_vpr.models.build import METHOD_AGGREGATORS, method_options
+from dinov2_vpr.models.build import METHOD_AGGREGATORS, method_options, model_file_path
 from dinov2_vpr.models.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, model_info
 
 logger = logging.getLogger("dinov2")
@@ -29,7 +29,7 @@ def add_backbone_args(parser: argparse.ArgumentParser, cache: bool = True) -> ar
 
 
 def add_descriptor_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Which model describes the images: ``--head``, ``--zero-shot`` or ``--method``; returns ``parser``."""
+    """Which model describes the images: ``--head``, ``--zero-shot``, ``--method`` or ``--model``; returns ``parser``."""
     parser.add_argument("--head", help="A trained head.pth or a training output folder (default: zero-shot)")
     parser.add_argument(
         "--zero-shot",
@@ -41,6 +41,11 @@ def add_descriptor_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         choices=sorted(METHOD_AGGREGATORS),
         help="SALAD or BoQ: --pretrained-weights is then the method's released file (dino_salad.ckpt, "
         "dinov2_12288.pth) and its official preprocessing applies (322x322)",
+    )
+    parser.add_argument(
+        "--model",
+        help="A place model trained here (its run folder or model.pth): --pretrained-weights is then the DINOv2 "
+        "backbone it was trained on; its backbone architecture, aggregator and preprocessing come from the file",
     )
     return parser
 
@@ -59,20 +64,23 @@ def check_backbone_args(args: argparse.Namespace) -> None:
 def check_model_args(args: argparse.Namespace) -> None:
     """Reject contradictory or missing model options before any work starts."""
     check_backbone_args(args)
+    if args.model and (args.method or args.head or args.zero_shot):
+        raise InputError("--model makes its own descriptors: give it without --method, --head or --zero-shot")
     if args.method and (args.head or args.zero_shot):
         raise InputError(f"--method {args.method} makes its own descriptors: give it without --head or --zero-shot")
     if args.head and args.zero_shot:
         raise InputError("--zero-shot describes images without a head; give either --head or --zero-shot")
 
 
-def setup_run(args: argparse.Namespace) -> DictConfig:
-    """What every command does first: join the process group, build and write the config (with
-    ``--cache-dir`` as ``vpr.features.cache_dir``), log to the output folder, log the command line.
+def setup_run(args: argparse.Namespace, recipe: str | None = None) -> DictConfig:
+    """What every command does first: join the process group, build and write the config (over the
+    training ``recipe`` of a method, if any; with ``--cache-dir`` as ``vpr.features.cache_dir``), log to
+    the output folder, log the command line.
     """
     distributed.enable()
     if args.cache_dir:
         args.opts = list(args.opts or []) + [f"vpr.features.cache_dir={Path(args.cache_dir).resolve()}"]
-    cfg = setup_vpr_config(args)
+    cfg = setup_vpr_config(args, recipe)
     setup_logging(args.output_dir)
     logger.info("Command: %s", " ".join(sys.argv))
     logger.info("Arguments: %s", vars(args))
@@ -89,9 +97,15 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
     check_model_args(args)
     if args.method:
         args.opts = [*method_options(args.method), *(args.opts or [])]
+    if args.model:
+        args.opts = [f"vpr.model.trained={model_file_path(args.model).resolve()}", *(args.opts or [])]
     cfg = setup_run(args)
     head_state = configure_descriptor(cfg, args.head, args.zero_shot)
-    if cfg.vpr.model.method:
+    if cfg.vpr.model.trained:
+        logger.info(
+            "--model: the trained %s model %s describes the images", cfg.vpr.model.method, cfg.vpr.model.trained
+        )
+    elif cfg.vpr.model.method:
         logger.info("--method %s: its released model describes the images", cfg.vpr.model.method)
     elif head_state is None:
         logger.info("No --head: zero-shot descriptors (%s pooling of the backbone tokens)", args.zero_shot or "cls")
@@ -102,6 +116,7 @@ def model_description(cfg: DictConfig, args: argparse.Namespace) -> dict:
     """:func:`dinov2_vpr.models.descriptor_config.model_info` of the command's options, with its config file and options."""
     return {
         **model_info(cfg, args.head, args.zero_shot, args.pretrained_weights),
+        "model": cfg.vpr.model.trained,
         "config_file": args.config_file,
         "opts": list(args.opts or []),
     }

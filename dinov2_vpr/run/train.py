@@ -1,7 +1,12 @@
-"""Train the descriptor head: ``python -m dinov2_vpr.run.train --train-path ROOT --pretrained-weights W ...``.
+"""Train a head on pair lists, or fine-tune a place model on places.
 
-Accepts the original DINOVPR command line (``--config-file --pretrained-weights --output-dir
---split --train-path --batch-size --use-pretrain-MLP --MLP-weight-path``) plus ``--opts key=value``.
+Pair lists: ``python -m dinov2_vpr.run.train --train-path ROOT --pretrained-weights W ...`` accepts the
+original DINOVPR command line (``--config-file --pretrained-weights --output-dir --split --train-path
+--batch-size --use-pretrain-MLP --MLP-weight-path``) plus ``--opts key=value``; it writes ``head.pth``.
+
+Places: ``python -m dinov2_vpr.run.train --method salad|boq --places-root DIR --val-folder DIR
+--pretrained-weights dinov2_vitb14_pretrain.pth ...`` fine-tunes the method's model with its recipe
+(``configs/<method>.yaml``, under the config file and ``--opts``); it writes ``model.pth``.
 ``--slurm`` with the launcher options of :mod:`dinov2.run.submit` submits the same run to SLURM;
 ``torchrun --nproc_per_node=N -m dinov2_vpr.run.train ...`` runs it on N processes here.
 """
@@ -20,11 +25,16 @@ from dinov2.run.submit import add_launcher_args
 from dinov2.utils.errors import InputError
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_query
+from dinov2_vpr.data.places import read_places
 from dinov2_vpr.features.pipeline import image_features
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
+from dinov2_vpr.models.build import METHOD_AGGREGATORS, MODEL_FILE, build_trainable_model
 from dinov2_vpr.models.files import HEAD_FILE, load_head_file
+from dinov2_vpr.models.place_model import backbone_blocks
 from dinov2_vpr.run.model_options import add_backbone_args, check_backbone_args, setup_run
+from dinov2_vpr.training.place_data import read_validation_folder, validation_transform
+from dinov2_vpr.training.place_trainer import train_places
 from dinov2_vpr.training.trainer import train_head
 
 logger = logging.getLogger("dinov2")
@@ -32,11 +42,21 @@ logger = logging.getLogger("dinov2")
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train a VPR head on frozen DINOv2 features",
+        description="Train a VPR head on frozen DINOv2 features (pair lists), or fine-tune a place model (places)",
         parents=[get_setup_args_parser(add_help=False)],
         add_help=add_help,
     )
-    parser.add_argument("--train-path", required=True, help="Folder whose .txt pair lists are used for training")
+    parser.add_argument("--train-path", help="Folder whose .txt pair lists are used for training")
+    parser.add_argument(
+        "--places-root",
+        help="Place dataset to fine-tune a place model on: GSV-Cities (Dataframes/, Images/) or one folder per place",
+    )
+    parser.add_argument("--val-folder", help="With --places-root: a VPR benchmark (database/, queries/, UTM names)")
+    parser.add_argument(
+        "--method",
+        choices=sorted(METHOD_AGGREGATORS),
+        help="With --places-root: the place model and its training recipe (configs/<method>.yaml)",
+    )
     parser.add_argument("--image-root", help="Folder the list paths are relative to (default: --train-path)")
     parser.add_argument(
         "--split", action="store_true", help="Hold out vpr.data.val_fraction of the pairs for validation"
@@ -53,8 +73,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Reject contradictory or missing options before any work starts."""
     check_backbone_args(args)
+    if bool(args.train_path) == bool(args.places_root):
+        raise InputError("Give either --train-path (pair lists) or --places-root (places), not both")
+    if args.places_root:
+        pair_options = [name for name, given in _PAIR_ONLY.items() if getattr(args, given)]
+        if pair_options:
+            raise InputError(f"{', '.join(pair_options)} train on pair lists: give them without --places-root")
+        if not args.val_folder or not args.method:
+            raise InputError("--places-root needs --val-folder (a VPR benchmark) and --method (salad or boq)")
+    elif args.val_folder or args.method:
+        raise InputError("--val-folder and --method are for place training: give them with --places-root")
     if args.use_pretrain_MLP and not args.MLP_weight_path:
         raise InputError("--use-pretrain-MLP needs --MLP-weight-path")
+
+
+# Pair-list options and their argparse names.
+_PAIR_ONLY = {
+    "--image-root": "image_root",
+    "--split": "split",
+    "--batch-size": "batch_size",
+    "--use-pretrain-MLP": "use_pretrain_MLP",
+    "--MLP-weight-path": "MLP_weight_path",
+}
 
 
 def _options(args: argparse.Namespace) -> list[str]:
@@ -65,10 +105,15 @@ def _options(args: argparse.Namespace) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> dict:
-    """Train and write ``head.pth`` and ``train_metrics.json`` to ``args.output_dir``; returns the metrics."""
+    """Train and write ``head.pth`` (pair lists) or ``model.pth`` (places) and ``train_metrics.json`` to
+    ``args.output_dir``; returns the metrics."""
     check_args(args)
+    if args.places_root:
+        return train_place_model(args)
     args.opts = _options(args)
     cfg = setup_run(args)
+    if cfg.vpr.model.trainable_blocks:
+        raise InputError("vpr.model.trainable_blocks is for place training (--places-root); pair lists train a head")
     train_root = Path(args.train_path)
     image_root = Path(args.image_root or args.train_path)
     list_files = [train_root / name for name in cfg.vpr.data.train_lists] or find_pair_lists(train_root)
@@ -129,6 +174,52 @@ def main(args: argparse.Namespace) -> dict:
             result.best_average_precision,
             result.threshold,
             Path(args.output_dir) / HEAD_FILE,
+        )
+    return metrics
+
+
+def train_place_model(args: argparse.Namespace) -> dict:
+    """Fine-tune ``--method``'s model on ``--places-root``, validated on ``--val-folder``; writes ``model.pth``
+    (the best epoch's trainable state, the config, the preprocessing, its recalls) and ``train_metrics.json``."""
+    cfg = setup_run(args, recipe=args.method)
+    if cfg.vpr.model.method != args.method:
+        raise InputError(f"--method {args.method} but vpr.model.method={cfg.vpr.model.method}: leave the latter out")
+    val = read_validation_folder(args.val_folder)
+    places = read_places(args.places_root, cfg.vpr.train.images_per_place, cfg.vpr.data.skip_invalid)
+    logger.info("%d places of %d images (%s layout)", len(places.names), len(places.images), places.layout)
+    model = build_trainable_model(cfg, args.pretrained_weights)
+    if not 0 <= cfg.vpr.model.trainable_blocks <= len(backbone_blocks(model.backbone)):
+        raise InputError(
+            f"vpr.model.trainable_blocks={cfg.vpr.model.trainable_blocks} must be between 0 and the backbone's "
+            f"{len(backbone_blocks(model.backbone))} blocks"
+        )
+    result = train_places(cfg, model, places, val, args.output_dir, args.pretrained_weights, not args.no_resume)
+    metrics = {
+        "best_epoch": result.best_epoch,
+        **{f"val_{name}": recall for name, recall in result.recalls.items()},
+        "zero_shot": result.zero_shot,
+        "num_places": len(places.names),
+        "num_images": len(places.images),
+        "skipped": places.skipped,
+        "history": result.history,
+    }
+    if distributed.is_main_process():
+        model_file = {
+            "model": result.state,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "preprocessing": validation_transform(cfg).settings(),
+            "recalls": result.recalls,
+            "best_epoch": result.best_epoch,
+            "pretrained_weights": args.pretrained_weights,
+        }
+        atomic_save_torch(model_file, Path(args.output_dir) / MODEL_FILE)
+        atomic_write_text(Path(args.output_dir) / "train_metrics.json", json.dumps(metrics, indent=2))
+        logger.info(
+            "Best epoch %d: validation R@1 %.4f (%.4f before training); model written to %s",
+            result.best_epoch + 1,
+            result.recalls["R@1"],
+            result.zero_shot["R@1"],
+            Path(args.output_dir) / MODEL_FILE,
         )
     return metrics
 
