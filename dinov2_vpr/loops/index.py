@@ -46,8 +46,8 @@ class IndexSettings:
 
     kind: str = "exact"
     hnsw_m: int = 32
-    ef_search: int = 128
-    ef_construction: int = 40
+    ef_search: int = 256  # with ef_construction 100: every exact candidate at 1M frames (see the README)
+    ef_construction: int = 100
     nlist: int = 1024
     nprobe: int = 64
 
