@@ -50,6 +50,13 @@ def method_options(method: str) -> list[str]:
     return [*preset_options(method), f"vpr.model.method={method}"]
 
 
+def choice_options(method: str | None, model: str | Path | None) -> list[str]:
+    """The config options of a model choice (``--method``, ``--model``), put before the user's options so
+    that an explicit option still wins: the trained model's file, then the method's preprocessing."""
+    trained = [f"vpr.model.trained={model_file_path(model).resolve()}"] if model is not None else []
+    return [*trained, *(method_options(method) if method else [])]
+
+
 def _check_method(method: str) -> None:
     if method not in METHOD_AGGREGATORS:
         raise InputError(f"Method {method!r} is unknown; choose one of: {', '.join(METHOD_AGGREGATORS)}")

@@ -17,7 +17,7 @@ from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.transforms import ImageTransform, image_transform, load_image
 from dinov2_vpr.models.backbone import check_weights_choice, features_autocast_dtype
-from dinov2_vpr.models.build import build_place_model, method_options, model_file_path
+from dinov2_vpr.models.build import build_place_model, choice_options
 from dinov2_vpr.models.descriptor_config import configure_descriptor, model_info
 from dinov2_vpr.models.place_model import PlaceModel
 
@@ -168,10 +168,7 @@ def load_place_model(
     check_weights_choice(pretrained_weights, random_backbone, "pretrained_weights", "random_backbone=True")
     if model is not None and (method or head is not None or zero_shot):
         raise InputError("A trained model makes its own descriptors: give model without method, head or zero_shot")
-    options = [*(method_options(method) if method else []), *opts]
-    if model is not None:
-        options.insert(0, f"vpr.model.trained={model_file_path(model).resolve()}")
-    cfg = build_vpr_config(str(config_file) if config_file else None, options)
+    cfg = build_vpr_config(str(config_file) if config_file else None, [*choice_options(method, model), *opts])
     head_state = configure_descriptor(cfg, head, zero_shot)
     weights = str(pretrained_weights) if pretrained_weights else None
     place_model = build_place_model(cfg, weights, head_state)

@@ -34,9 +34,13 @@ from dinov2_vpr.loops.index import IndexSettings
 from dinov2_vpr.loops.online import OnlineLoopDetector
 from dinov2_vpr.loops.report import REPORT_FILE, format_loop_summary, write_loop_report
 from dinov2_vpr.loops.stream import STATE_FILE, StreamOptions, follow_folder
-from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.retrieval.search import INDEX_KINDS
-from dinov2_vpr.run.model_options import get_model_args_parser, model_description, setup_descriptor_run
+from dinov2_vpr.run.model_options import (
+    get_model_args_parser,
+    load_command_model,
+    model_description,
+    setup_descriptor_run,
+)
 
 logger = logging.getLogger("dinov2")
 
@@ -241,14 +245,7 @@ def follow(args: argparse.Namespace, cfg, threshold: float) -> dict:
         stop_after=args.stop_after,
         save_every=args.save_every,
     )
-    model = load_place_model(
-        head=args.head,
-        pretrained_weights=args.pretrained_weights,
-        config_file=args.config_file,
-        opts=list(args.opts or []),
-        random_backbone=args.random_backbone,
-        zero_shot=args.zero_shot,
-    )
+    model = load_command_model(args)
     description = model_description(cfg, args)
     detector = _online_detector(args, threshold, model, description)
     logger.info(

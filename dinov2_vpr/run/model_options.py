@@ -13,8 +13,9 @@ from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.logging import setup_logging
 from dinov2.utils.errors import InputError
 from dinov2_vpr.config import setup_vpr_config
+from dinov2_vpr.models import PlaceDescriptor, load_place_model
 from dinov2_vpr.models.backbone import check_weights_choice
-from dinov2_vpr.models.build import METHOD_AGGREGATORS, method_options, model_file_path
+from dinov2_vpr.models.build import METHOD_AGGREGATORS, choice_options
 from dinov2_vpr.models.descriptor_config import ZERO_SHOT_INPUTS, configure_descriptor, model_info
 
 logger = logging.getLogger("dinov2")
@@ -95,10 +96,7 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
         contents (None for zero-shot).
     """
     check_model_args(args)
-    if args.method:
-        args.opts = [*method_options(args.method), *(args.opts or [])]
-    if args.model:
-        args.opts = [f"vpr.model.trained={model_file_path(args.model).resolve()}", *(args.opts or [])]
+    args.opts = [*choice_options(args.method, args.model), *(args.opts or [])]
     cfg = setup_run(args)
     head_state = configure_descriptor(cfg, args.head, args.zero_shot)
     if cfg.vpr.model.trained:
@@ -110,6 +108,19 @@ def setup_descriptor_run(args: argparse.Namespace) -> tuple[DictConfig, dict | N
     elif head_state is None:
         logger.info("No --head: zero-shot descriptors (%s pooling of the backbone tokens)", args.zero_shot or "cls")
     return cfg, head_state
+
+
+def load_command_model(args: argparse.Namespace) -> PlaceDescriptor:
+    """The command's model in memory, after :func:`setup_descriptor_run` (whose ``--opts`` hold the choice
+    of ``--method`` or ``--model``), for the work that needs the model itself rather than cached descriptors."""
+    return load_place_model(
+        head=args.head,
+        pretrained_weights=args.pretrained_weights,
+        config_file=args.config_file,
+        opts=list(args.opts or []),
+        random_backbone=args.random_backbone,
+        zero_shot=args.zero_shot,
+    )
 
 
 def model_description(cfg: DictConfig, args: argparse.Namespace) -> dict:

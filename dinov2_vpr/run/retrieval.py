@@ -26,14 +26,18 @@ from dinov2_vpr.data.images import list_images
 from dinov2_vpr.data.positions import utm_positions
 from dinov2_vpr.features.descriptors import describe_image_files, save_descriptor_files
 from dinov2_vpr.io import atomic_write_text
-from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.retrieval.attention import attention_heatmaps
 from dinov2_vpr.retrieval.compression import PCA_FILE, fit_pca
 from dinov2_vpr.retrieval.pictures import picture_queries
 from dinov2_vpr.retrieval.recall import RetrievalResult, evaluate_retrieval
 from dinov2_vpr.retrieval.report import format_recall_table, write_retrieval_files
 from dinov2_vpr.retrieval.search import INDEX_KINDS
-from dinov2_vpr.run.model_options import get_model_args_parser, model_description, setup_descriptor_run
+from dinov2_vpr.run.model_options import (
+    get_model_args_parser,
+    load_command_model,
+    model_description,
+    setup_descriptor_run,
+)
 
 logger = logging.getLogger("dinov2")
 
@@ -146,13 +150,7 @@ def _query_attention(
 ) -> dict[int, np.ndarray]:
     """BoQ's attention heat map of each query that gets a picture, by query row."""
     rows = picture_queries(result.predictions, result.positives, args.num_queries_to_save, args.save_only_wrong_preds)
-    model = load_place_model(
-        pretrained_weights=args.pretrained_weights,
-        config_file=args.config_file,
-        opts=args.opts or [],
-        random_backbone=args.random_backbone,
-        method=args.method,
-    )
+    model = load_command_model(args)
     logger.info("Attention maps of the %d queries with a picture", len(rows))
     heatmaps = attention_heatmaps(model, [query_paths[row] for row in rows])
     return dict(zip((int(row) for row in rows), heatmaps, strict=True))
