@@ -10,9 +10,9 @@ from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.models import build_head
-from dinov2_vpr.models.heads import MLPHead
 from dinov2_vpr.registry import HEADS, LOSSES
-from dinov2_vpr.training.trainer import build_loss, train_head
+from dinov2_vpr.training.pair_learners import head_learner
+from dinov2_vpr.training.trainer import build_loss, train_on_pairs
 from dinov2_vpr.verification.evaluate import cosine_scores, describe_rows
 
 HEAD_NAMES = sorted(name for name, _ in HEADS)
@@ -60,9 +60,11 @@ def test_every_pair_loss_trains_a_head_that_separates_places(loss_name, tmp_path
         "vpr.train.lr=0.003",
     ]
     cfg = build_vpr_config(None, opts)
-    result = train_head(cfg, features, 24, pairs, pairs, tmp_path)
+    result = train_on_pairs(
+        cfg, head_learner(cfg, features, 24, torch.arange(len(features)), None), pairs, pairs, tmp_path
+    )
     head = build_head(cfg, 24)
-    head.load_state_dict(result.head_state)
+    head.load_state_dict(result.state)
     scores = torch.from_numpy(cosine_scores(describe_rows(head, features), pairs))
     assert scores[pairs.labels == 1].min() > scores[pairs.labels == 0].max()
     assert result.best_average_precision == pytest.approx(1.0)
@@ -83,22 +85,3 @@ def test_unknown_names_list_the_registered_ones():
         build_loss(build_vpr_config(None, ["vpr.loss.name=Triplet"]))
     with pytest.raises(InputError, match="vpr.head.input='patch'"):
         build_head(build_vpr_config(None, ["vpr.head.input=patch"]), 384)
-
-
-def test_dropout_masks_follow_the_global_batch_not_the_ranks():
-    head = MLPHead(8, hidden_dims=[16, 12], output_dim=4, dropout=0.25)
-    masks = head.draw_dropout_masks(6, torch.Generator().manual_seed(3))
-    again = head.draw_dropout_masks(6, torch.Generator().manual_seed(3))
-    assert [tuple(mask.shape) for mask in masks] == [(6, 16), (6, 12)]
-    assert all(torch.equal(a, b) for a, b in zip(masks, again))
-    torch.testing.assert_close(torch.cat([mask.flatten() for mask in masks]).unique(), torch.tensor([0.0, 1 / 0.75]))
-
-    # Rows computed apart (as on two ranks) equal the rows computed together (as on one).
-    features = torch.randn(6, 8)
-    head.train()
-    together = head(features, masks)
-    apart = torch.cat([head(features[rows], [mask[rows] for mask in masks]) for rows in ([0, 2, 4], [1, 3, 5])])
-    torch.testing.assert_close(apart, together[[0, 2, 4, 1, 3, 5]])
-    head.eval()
-    torch.testing.assert_close(head(features, masks), head(features))  # no dropout in eval mode
-    assert MLPHead(8, hidden_dims=[16], dropout=0.0).draw_dropout_masks(6, torch.Generator()) is None

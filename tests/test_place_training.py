@@ -180,8 +180,8 @@ def test_place_options_are_checked(extra, message, data, tmp_path):
 
 
 def test_two_processes_train_the_same_model_as_one(data, tmp_path):
-    """torchrun with 2 processes (gloo, CPU) against one, on the same trunk cache (dropout off: its masks depend on the rank)."""
-    opts = ("vpr.model.aggregator.salad.dropout=0.0", "vpr.train.trunk_cache_dtype=fp32")
+    """torchrun with 2 processes (gloo, CPU) against one, on the same trunk cache, with SALAD's dropout (0.3)."""
+    opts = ("vpr.train.trunk_cache_dtype=fp32",)
     double = tmp_path / "double"
     argv = _argv(data, "salad", double, *opts)
     result = subprocess.run(
@@ -197,6 +197,7 @@ def test_two_processes_train_the_same_model_as_one(data, tmp_path):
     single = tmp_path / "single"
     _train(data, "salad", single, *opts, f"vpr.features.cache_dir={double / 'feature_cache'}")
     assert "Trunk tokens: 0 of" in (single / "logs" / "log.txt").read_text()
+    assert load_torch_file(single / "model.pth")["config"]["vpr"]["model"]["aggregator"]["salad"]["dropout"] == 0.3
     _assert_same_states(_model_state(double), _model_state(single), atol=1e-5, rtol=1e-4)
 
 

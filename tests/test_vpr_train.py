@@ -18,7 +18,8 @@ from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.data.pairs import PairListError
 from dinov2_vpr.features import pooling
 from dinov2_vpr.run import train as train_command
-from dinov2_vpr.training.trainer import train_head
+from dinov2_vpr.training.pair_learners import head_learner
+from dinov2_vpr.training.trainer import train_on_pairs
 
 from .conftest import REPO_ROOT, TINY_MODEL_ARGS, TINY_MODEL_OPTS
 
@@ -136,7 +137,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     features[2, 5] = float("nan")
     pairs = PairIndex(torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5]), torch.tensor([1.0, 0.0, 1.0]))
     with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 0.*lower vpr.train.lr"):
-        train_head(cfg, features, 384, pairs, pairs, tmp_path)
+        train_on_pairs(cfg, head_learner(cfg, features, 384, torch.arange(6), None), pairs, pairs, tmp_path)
 
 
 def test_bad_input_is_reported_before_any_work(small_pair_dataset, tmp_path):

@@ -33,13 +33,14 @@ def describe_image_files(
         cfg: the run's config, with ``vpr.head`` set by :func:`dinov2_vpr.models.descriptor_config.configure_descriptor`.
         pretrained_weights: backbone weights; None for a random backbone (tests only).
         head_state: the head file's contents, or None for zero-shot descriptors (``vpr.head.input``
-            pooled and L2-normalised) or a method's model (``vpr.model.method``, whose descriptors are cached themselves).
+            pooled and L2-normalised), a method's model (``vpr.model.method``) or a trained model
+            (``vpr.model.trained``), whose descriptors are cached themselves.
         image_paths: the images.
         output_dir: the run folder (holds the cache unless ``vpr.features.cache_dir`` is set).
 
     Under ``torch.distributed`` the ranks share the encoding and every rank returns all descriptors.
     """
-    if cfg.vpr.model.method:
+    if cfg.vpr.model.method or cfg.vpr.model.trained:
         return model_descriptors(cfg, pretrained_weights, image_paths, output_dir).numpy().astype(np.float32)
     features, embed_dim = image_features(cfg, pretrained_weights, image_paths, output_dir)
     inputs = head_input(features, cfg.vpr.head.input)

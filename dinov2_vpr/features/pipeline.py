@@ -50,7 +50,7 @@ def image_features(
 def model_descriptors(
     cfg: DictConfig, pretrained_weights: str | None, image_paths: Sequence[Path], output_dir: str | Path
 ) -> Tensor:
-    """``(N, D)`` descriptors of ``vpr.model.method``'s model, through the descriptor cache.
+    """``(N, D)`` descriptors of ``vpr.model.method``'s model or the trained ``vpr.model.trained``, through the descriptor cache.
 
     The cache is keyed by the model file's content, the preprocessing and the precision.
     """

@@ -101,16 +101,17 @@ def weights_identity(pretrained_weights: str | None, seed: int) -> str:
 def descriptor_settings(
     cfg: DictConfig, pretrained_weights: str | None, transform: ImageTransform, autocast_dtype: torch.dtype
 ) -> dict:
-    """Everything that determines a method model's descriptors (``vpr.model.method``), for their cache.
+    """Everything that determines the descriptors of a method's model (``vpr.model.method``) or a trained
+    model (``vpr.model.trained``), for their cache.
 
     The model file is identified by its content; a random model by its seed and sizes; a trained
-    place model (``vpr.model.trained``) also by its file's content.
+    place model also by its file's content.
     """
     method = cfg.vpr.model.method
     if pretrained_weights:
         model = {"file_sha256": file_digest(pretrained_weights)}
     else:
-        sizes = OmegaConf.to_container(cfg.vpr.model.aggregator[method], resolve=True)
+        sizes = OmegaConf.to_container(cfg.vpr.model.aggregator[method], resolve=True) if method else None
         model = {"random-init": cfg.vpr.train.seed, "aggregator": sizes}
     if cfg.vpr.model.trained:
         model["trained_sha256"] = file_digest(cfg.vpr.model.trained)

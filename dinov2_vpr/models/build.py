@@ -93,14 +93,16 @@ def load_model_file(path: str | Path) -> dict:
 
 
 def trained_model_config(path: str | Path) -> DictConfig:
-    """The settings a trained place model brings: its backbone (architecture, position grid), ``vpr.model`` and preprocessing."""
+    """The settings a trained place model brings: its backbone (architecture, position grid), ``vpr.model``,
+    ``vpr.head`` (that of a model fine-tuned on pair lists) and preprocessing."""
     path = model_file_path(path).resolve()
     state = load_model_file(path)
     saved, preprocessing = OmegaConf.create(state["config"]), state["preprocessing"]
     model = {**OmegaConf.to_container(saved.vpr.model), "trained": str(path)}
     data = {"image_size": list(preprocessing["size"]), "resize": preprocessing["resample"]}
     crops = {"global_crops_size": saved.crops.global_crops_size}  # sizes the position embedding
-    return OmegaConf.create({"student": saved.student, "crops": crops, "vpr": {"model": model, "data": data}})
+    vpr = {"model": model, "head": saved.vpr.head, "data": data}
+    return OmegaConf.create({"student": saved.student, "crops": crops, "vpr": vpr})
 
 
 def _trainable_prefixes(model: PlaceModel) -> tuple[str, ...]:
@@ -136,30 +138,56 @@ def load_trainable_state(model: PlaceModel, state: dict[str, Tensor], source: st
 
 
 def build_trainable_model(cfg: DictConfig, pretrained_weights: str | None) -> PlaceModel:
-    """``vpr.model.method``'s model to fine-tune, on this rank's device: the DINOv2 backbone (``pretrained_weights``,
-    an official ``dinov2_*_pretrain.pth``, or random and seeded without), a new aggregator (seeded by
-    ``vpr.train.seed``) and the last ``vpr.model.trainable_blocks`` blocks trainable."""
+    """The model to fine-tune, on this rank's device, with the last ``vpr.model.trainable_blocks`` blocks trainable.
+
+    The DINOv2 backbone comes from ``pretrained_weights`` (an official ``dinov2_*_pretrain.pth``), or is
+    random and seeded without. With ``vpr.model.method`` a new aggregator of that method follows it;
+    without, the pooled features ``vpr.head.input`` and a new ``vpr.head`` (pair lists). The new
+    modules are seeded by ``vpr.train.seed``.
+    """
     backbone, _ = load_backbone(cfg, pretrained_weights)
+    depth = len(backbone_blocks(backbone))
+    if not 0 <= cfg.vpr.model.trainable_blocks <= depth:
+        raise InputError(
+            f"vpr.model.trainable_blocks={cfg.vpr.model.trainable_blocks} must be between 0 and the backbone's {depth} blocks"
+        )
+    device = next(backbone.parameters()).device
     torch.manual_seed(cfg.vpr.train.seed)
-    aggregator = method_aggregator(cfg, cfg.vpr.model.method, backbone.embed_dim)
-    model = PlaceModel(backbone, aggregator.to(next(backbone.parameters()).device), cfg.vpr.model.trainable_blocks)
+    if cfg.vpr.model.method:
+        aggregator, head = method_aggregator(cfg, cfg.vpr.model.method, backbone.embed_dim), None
+    else:
+        aggregator, head = (
+            Pooled(backbone.embed_dim, cfg.vpr.head.input),
+            build_head(cfg, backbone.embed_dim).to(device),
+        )
+    model = PlaceModel(backbone, aggregator.to(device), cfg.vpr.model.trainable_blocks, head=head)
     return model.train()
 
 
-def build_method_model(cfg: DictConfig, pretrained_weights: str | None, device: torch.device) -> PlaceModel:
-    """``vpr.model.method``'s model on the backbone of ``cfg``, frozen, in eval mode, on ``device``.
+def build_trained_model(cfg: DictConfig, pretrained_weights: str | None, device: torch.device) -> PlaceModel:
+    """The model trained here that ``vpr.model.trained`` (a ``model.pth``) holds, frozen, in eval mode, on ``device``:
+    the backbone from ``pretrained_weights`` (the DINOv2 file it was trained on), the trained state from the file.
 
-    With ``vpr.model.trained`` (a ``model.pth`` of place training) the backbone comes from
-    ``pretrained_weights`` (the DINOv2 file it was trained on) and the trained state from the file.
-    Otherwise, with ``pretrained_weights`` (the method's released file) the aggregator's sizes come
-    from the file; without, backbone and aggregator are random (seeded), for tests only.
+    Raises:
+        InputError: the file is unreadable or does not fit the model the config describes.
+    """
+    model = build_trainable_model(cfg, pretrained_weights)
+    load_trainable_state(model, load_model_file(cfg.vpr.model.trained)["model"], cfg.vpr.model.trained)
+    logger.info("Loaded the trained %s model %s", cfg.vpr.model.method or "pair-list", cfg.vpr.model.trained)
+    return model.requires_grad_(False).eval().to(device)
+
+
+def build_method_model(cfg: DictConfig, pretrained_weights: str | None, device: torch.device) -> PlaceModel:
+    """``vpr.model.method``'s released (or, without ``pretrained_weights``, random) model, frozen, in eval mode,
+    on ``device``; with ``vpr.model.trained`` the model trained here (:func:`build_trained_model`).
+
+    With ``pretrained_weights`` (the method's released file) the aggregator's sizes come from the file;
+    without, backbone and aggregator are random (seeded), for tests only.
     """
     method = cfg.vpr.model.method
     if cfg.vpr.model.trained:
-        model = build_trainable_model(cfg, pretrained_weights)
-        load_trainable_state(model, load_model_file(cfg.vpr.model.trained)["model"], cfg.vpr.model.trained)
-        logger.info("Loaded the trained %s model %s", method, cfg.vpr.model.trained)
-    elif pretrained_weights:
+        return build_trained_model(cfg, pretrained_weights, device)
+    if pretrained_weights:
         with torch.device("meta"):
             backbone, _ = build_model_from_cfg(cfg, only_teacher=True)
         model = load_released_model(method, pretrained_weights, backbone=backbone)
@@ -175,12 +203,13 @@ def build_method_model(cfg: DictConfig, pretrained_weights: str | None, device: 
 def build_place_model(cfg: DictConfig, pretrained_weights: str | None, head_state: dict | None) -> PlaceModel:
     """The place model a run describes images with, frozen, in eval mode, on this rank's device.
 
-    ``vpr.model.method`` set: the method's model (:func:`build_method_model`). Otherwise the frozen
+    ``vpr.model.method`` or ``vpr.model.trained`` set: the method's or the trained model
+    (:func:`build_method_model`). Otherwise the frozen
     backbone with, for a trained head (``head_state``, a head file's contents), its pooled features
     (``vpr.head.input``) and the head; for zero-shot descriptors (None) the ``CLS`` or ``GeM``
     aggregator that ``vpr.head.input`` names.
     """
-    if cfg.vpr.model.method:
+    if cfg.vpr.model.method or cfg.vpr.model.trained:
         return build_method_model(cfg, pretrained_weights, distributed.device())
     backbone, _ = load_backbone(cfg, pretrained_weights)
     if head_state is None:

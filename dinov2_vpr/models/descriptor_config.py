@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dinov2.utils.errors import InputError
+from dinov2_vpr.models.build import load_model_file
 from dinov2_vpr.models.files import HEAD_FILE, load_head_file
 
 # Settings a head was trained with that must hold for its inputs to mean the same thing.
@@ -44,7 +45,8 @@ def apply_head_config(cfg: DictConfig, head_state: dict, head_path: str | Path) 
 def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: str | None = None) -> dict | None:
     """Set ``cfg.vpr.head`` for a trained head or for zero-shot descriptors; return the head file's state.
 
-    With ``vpr.model.method`` set (``--method``) the method's model describes the images: nothing to set.
+    With ``vpr.model.method`` (``--method``) or ``vpr.model.trained`` (``--model``) set, that model describes
+    the images: nothing to set.
 
     Args:
         cfg: the run's config (changed in place).
@@ -61,10 +63,10 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
     """
     if head is not None and zero_shot is not None:
         raise InputError(f"Give either a trained head ({head}) or a zero-shot pooling ({zero_shot!r}), not both")
-    method = cfg.vpr.model.method
-    if method and (head is not None or zero_shot is not None):
-        raise InputError(f"The {method} model makes its own descriptors: give --method without --head or --zero-shot")
-    if method:
+    own = cfg.vpr.model.method or ("trained" if cfg.vpr.model.trained else "")
+    if own and (head is not None or zero_shot is not None):
+        raise InputError(f"The {own} model makes its own descriptors: give it without --head or --zero-shot")
+    if own:
         return None
     if head is not None:
         path = head_file_path(head)
@@ -78,13 +80,24 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
     return None
 
 
+def trained_threshold(cfg: DictConfig, head_state: dict | None) -> float | None:
+    """The loop-closure threshold chosen on validation pairs: the head file's, or that of the trained model
+    (``vpr.model.trained``) when it was fine-tuned on pair lists; None otherwise."""
+    if head_state is not None:
+        return head_state["threshold"]
+    if cfg.vpr.model.trained:
+        return load_model_file(cfg.vpr.model.trained).get("threshold")
+    return None
+
+
 def model_info(cfg: DictConfig, head: str | Path | None, zero_shot: str | None, pretrained_weights: str | None) -> dict:
     """What produced a set of descriptors, for the JSON written beside them."""
     method = cfg.vpr.model.method
+    own = method or cfg.vpr.model.trained
     return {
         "method": method,
         "head": str(head_file_path(head).resolve()) if head is not None else None,
-        "zero_shot": None if head is not None or method else (zero_shot or "cls"),
+        "zero_shot": None if head is not None or own else (zero_shot or "cls"),
         "head_name": cfg.vpr.head.name if head is not None else None,
         "head_input": None if method else cfg.vpr.head.input,
         "pretrained_weights": str(Path(pretrained_weights).resolve()) if pretrained_weights else None,

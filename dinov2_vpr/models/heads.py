@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from dinov2.utils.errors import InputError
 from dinov2_vpr.registry import HEADS
 
+from .batch_dropout import BatchDropout
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -25,7 +27,7 @@ class MLPHead(nn.Module):
         hidden_dims: widths of the hidden layers (empty: a single linear map).
         output_dim: descriptor width.
         activation: one of ``gelu``, ``relu``, ``silu``, ``tanh``.
-        dropout: dropout after each hidden activation.
+        dropout: dropout after each hidden activation (:class:`BatchDropout`: rank-independent in training).
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class MLPHead(nn.Module):
         layers: list[nn.Module] = []
         width = input_dim
         for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation](), BatchDropout(dropout)]
             width = hidden
         layers.append(nn.Linear(width, output_dim))
         self.layers = nn.Sequential(*layers)
@@ -56,30 +58,6 @@ class MLPHead(nn.Module):
         self.input_mean.copy_(features.mean(dim=0))
         self.input_scale.copy_(1.0 / (features.std(dim=0) + 1e-6))
 
-    def draw_dropout_masks(self, rows: int, generator: torch.Generator) -> list[Tensor] | None:
-        """Scaled keep-masks ``(rows, width)``, one per hidden layer, drawn from ``generator``; None without dropout.
-
-        Training draws them for the whole global batch and gives each rank its rows, so a sample's
-        dropout depends on the seed, the step and its place in the global batch, not on the ranks.
-        """
-        dropouts = [layer for layer in self.layers if isinstance(layer, nn.Dropout)]
-        if not dropouts or dropouts[0].p == 0:
-            return None
-        keep = 1.0 - dropouts[0].p
-        widths = [layer.out_features for layer in self.layers if isinstance(layer, nn.Linear)][:-1]
-        return [(torch.rand(rows, width, generator=generator) < keep).float() / keep for width in widths]
-
-    def forward(self, features: Tensor, dropout_masks: Sequence[Tensor] | None = None) -> Tensor:
-        """``(B, input_dim)`` features to ``(B, output_dim)`` unit-length descriptors.
-
-        In training, ``dropout_masks`` (rows of :meth:`draw_dropout_masks`) replace the dropout
-        layers' own random masks.
-        """
-        hidden = (features - self.input_mean) * self.input_scale
-        masks = iter(dropout_masks or ())
-        for layer in self.layers:
-            if isinstance(layer, nn.Dropout) and dropout_masks is not None and self.training:
-                hidden = hidden * next(masks)
-            else:
-                hidden = layer(hidden)
-        return F.normalize(hidden, dim=-1)
+    def forward(self, features: Tensor) -> Tensor:
+        """``(B, input_dim)`` features to ``(B, output_dim)`` unit-length descriptors."""
+        return F.normalize(self.layers((features - self.input_mean) * self.input_scale), dim=-1)

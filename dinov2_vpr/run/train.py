@@ -3,6 +3,8 @@
 Pair lists: ``python -m dinov2_vpr.run.train --train-path ROOT --pretrained-weights W ...`` accepts the
 original DINOVPR command line (``--config-file --pretrained-weights --output-dir --split --train-path
 --batch-size --use-pretrain-MLP --MLP-weight-path``) plus ``--opts key=value``; it writes ``head.pth``.
+With ``--opts vpr.model.trainable_blocks=N`` it fine-tunes the last N blocks with the head on the
+trunk token cache and writes ``model.pth`` (used by every command with ``--model``).
 
 Places: ``python -m dinov2_vpr.run.train --method salad|boq --places-root DIR --val-folder DIR
 --pretrained-weights dinov2_vitb14_pretrain.pth ...`` fine-tunes the method's model with its recipe
@@ -16,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
@@ -26,16 +29,17 @@ from dinov2.utils.errors import InputError
 from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists, split_by_query
 from dinov2_vpr.data.places import read_places
+from dinov2_vpr.data.transforms import image_transform
 from dinov2_vpr.features.pipeline import image_features
 from dinov2_vpr.features.pooling import head_input
 from dinov2_vpr.io import atomic_save_torch, atomic_write_text
 from dinov2_vpr.models.build import METHOD_AGGREGATORS, MODEL_FILE, build_trainable_model
 from dinov2_vpr.models.files import HEAD_FILE, load_head_file
-from dinov2_vpr.models.place_model import backbone_blocks
 from dinov2_vpr.run.model_options import add_backbone_args, check_backbone_args, setup_run
+from dinov2_vpr.training.pair_learners import head_learner, tail_learner
 from dinov2_vpr.training.place_data import read_validation_folder, validation_transform
 from dinov2_vpr.training.place_trainer import train_places
-from dinov2_vpr.training.trainer import train_head
+from dinov2_vpr.training.trainer import train_on_pairs
 
 logger = logging.getLogger("dinov2")
 
@@ -112,8 +116,8 @@ def main(args: argparse.Namespace) -> dict:
         return train_place_model(args)
     args.opts = _options(args)
     cfg = setup_run(args)
-    if cfg.vpr.model.trainable_blocks:
-        raise InputError("vpr.model.trainable_blocks is for place training (--places-root); pair lists train a head")
+    if cfg.vpr.model.method:
+        raise InputError("vpr.model.method is for place training (--places-root --method); pair lists train a head")
     train_root = Path(args.train_path)
     image_root = Path(args.image_root or args.train_path)
     list_files = [train_root / name for name in cfg.vpr.data.train_lists] or find_pair_lists(train_root)
@@ -140,13 +144,16 @@ def main(args: argparse.Namespace) -> dict:
 
     initial = load_head_file(args.MLP_weight_path)["head"] if args.use_pretrain_MLP else None
     image_paths, index = index_pairs(train_pairs + val_pairs, image_root)
-    features, embed_dim = image_features(cfg, args.pretrained_weights, image_paths, args.output_dir)
-    inputs = head_input(features, cfg.vpr.head.input)
     train_index = index.subset(range(len(train_pairs)))
     val_index = index.subset(range(len(train_pairs), len(index)))
-    result = train_head(
-        cfg, inputs, embed_dim, train_index, val_index, args.output_dir, initial, resume=not args.no_resume
-    )
+    train_images = torch.cat([train_index.query, train_index.reference]).unique()
+    if cfg.vpr.model.trainable_blocks:
+        learner = tail_learner(cfg, args.pretrained_weights, image_paths, args.output_dir, train_images, initial)
+        embed_dim = learner.model.backbone.embed_dim
+    else:
+        features, embed_dim = image_features(cfg, args.pretrained_weights, image_paths, args.output_dir)
+        learner = head_learner(cfg, head_input(features, cfg.vpr.head.input), embed_dim, train_images, initial)
+    result = train_on_pairs(cfg, learner, train_index, val_index, args.output_dir, resume=not args.no_resume)
 
     metrics = {
         "best_epoch": result.best_epoch,
@@ -158,22 +165,26 @@ def main(args: argparse.Namespace) -> dict:
         "history": result.history,
     }
     if distributed.is_main_process():
-        head_file = {
-            "head": result.head_state,
+        trained = {
             "threshold": result.threshold,
-            "embed_dim": embed_dim,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "pretrained_weights": args.pretrained_weights,
             "best_epoch": result.best_epoch,
         }
-        atomic_save_torch(head_file, Path(args.output_dir) / HEAD_FILE)
+        if cfg.vpr.model.trainable_blocks:  # the last blocks and the head: a place model, for --model
+            output = Path(args.output_dir) / MODEL_FILE
+            trained.update(model=result.state, preprocessing=image_transform(cfg).settings())
+        else:
+            output = Path(args.output_dir) / HEAD_FILE
+            trained.update(head=result.state, embed_dim=embed_dim)
+        atomic_save_torch(trained, output)
         atomic_write_text(Path(args.output_dir) / "train_metrics.json", json.dumps(metrics, indent=2))
         logger.info(
-            "Best epoch %d: validation AP %.4f, threshold %.4f; head written to %s",
+            "Best epoch %d: validation AP %.4f, threshold %.4f; written to %s",
             result.best_epoch + 1,
             result.best_average_precision,
             result.threshold,
-            Path(args.output_dir) / HEAD_FILE,
+            output,
         )
     return metrics
 
@@ -188,11 +199,6 @@ def train_place_model(args: argparse.Namespace) -> dict:
     places = read_places(args.places_root, cfg.vpr.train.images_per_place, cfg.vpr.data.skip_invalid)
     logger.info("%d places of %d images (%s layout)", len(places.names), len(places.images), places.layout)
     model = build_trainable_model(cfg, args.pretrained_weights)
-    if not 0 <= cfg.vpr.model.trainable_blocks <= len(backbone_blocks(model.backbone)):
-        raise InputError(
-            f"vpr.model.trainable_blocks={cfg.vpr.model.trainable_blocks} must be between 0 and the backbone's "
-            f"{len(backbone_blocks(model.backbone))} blocks"
-        )
     result = train_places(cfg, model, places, val, args.output_dir, args.pretrained_weights, not args.no_resume)
     metrics = {
         "best_epoch": result.best_epoch,

@@ -5,8 +5,10 @@ batch, AdamW with the recipe's schedule (:func:`place_lr_factor`), Recall@1/5/10
 benchmark every epoch and the best model by R@1. Without augmentation the frozen trunk's tokens are
 encoded once into the token cache and every epoch runs only the tail and the aggregator; with it,
 each step runs the whole backbone (the trunk without gradients). Every step seeds torch's RNG from
-(seed, epoch, step, rank), so a resumed run trains the same model; the gradients are averaged over
-ranks, and the loss sees the global batch, so the global step is the same on any number of ranks.
+(seed, epoch, step, rank) (augmentation) and draws the dropout masks of the whole global batch from
+(seed, epoch, step) (:func:`~dinov2_vpr.models.batch_dropout.global_batch_dropout`), so a resumed run
+trains the same model; the gradients are averaged over ranks, and the loss sees the global batch, so
+without augmentation the global step is the same on any number of ranks.
 """
 
 import logging
@@ -15,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +30,7 @@ from dinov2_vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransfo
 from dinov2_vpr.features.pipeline import cache_root
 from dinov2_vpr.features.token_cache import TokenCache
 from dinov2_vpr.models.backbone import feature_settings, features_autocast_dtype
+from dinov2_vpr.models.batch_dropout import global_batch_dropout
 from dinov2_vpr.models.build import load_trainable_state, trainable_state
 from dinov2_vpr.models.place_model import PlaceModel, backbone_blocks
 from dinov2_vpr.training.checkpoints import Checkpointer
@@ -42,6 +44,7 @@ from dinov2_vpr.training.place_losses import MultiSimilarityLoss
 from dinov2_vpr.training.place_validation import validate
 from dinov2_vpr.training.samplers import PlaceBatchSampler
 from dinov2_vpr.training.schedules import place_lr_factor
+from dinov2_vpr.training.seeds import step_seed
 
 logger = logging.getLogger("dinov2")
 
@@ -55,10 +58,6 @@ class PlaceTrainResult:
     zero_shot: dict[str, float]
     state: dict[str, Tensor]
     history: list[dict] = field(default_factory=list)
-
-
-def _seed(*key: int) -> int:
-    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
 class _TrainInputs:
@@ -107,12 +106,12 @@ class _TrainInputs:
         rank = self.sampler.rank
         if self.cached:
             for step, indices in enumerate(self.sampler):
-                torch.manual_seed(_seed(self.seed, epoch, step, rank))
+                torch.manual_seed(step_seed(self.seed, epoch, step, rank))
                 tokens = self.cache.read([self.identities[index] for index in indices])
                 yield tokens.to(self.device, torch.float32), self.labels[indices].to(self.device)
             return
         for step, (images, labels) in enumerate(self.loader):
-            torch.manual_seed(_seed(self.seed, epoch, step, rank))
+            torch.manual_seed(step_seed(self.seed, epoch, step, rank))
             images = images.to(self.device)
             if self.augment is not None:
                 images = self.augment(images * self.std + self.mean)
@@ -203,12 +202,16 @@ def train_places(
         writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_epoch * steps)
         if start_epoch == 0:
             _log_recalls(writer, zero_shot, 0)
+    global_batch = sampler.places_per_batch * sampler.images_per_place
+    local_rows = torch.arange(global_batch)[sampler.rank :: sampler.world_size]  # this rank's rows of each batch
     model.train()
     for epoch in range(start_epoch, train_cfg.epochs):
         totals = torch.zeros(4, dtype=torch.float64)  # loss, steps, positive and negative pairs
         started = time.perf_counter()
         for step, (batch, labels) in enumerate(inputs.batches(epoch)):
-            loss, pairs = loss_fn(_descriptors(model, batch, inputs.cached, grid, autocast_dtype), labels)
+            with global_batch_dropout(step_seed(train_cfg.seed, epoch, step), global_batch, local_rows):
+                descriptors = _descriptors(model, batch, inputs.cached, grid, autocast_dtype)
+            loss, pairs = loss_fn(descriptors, labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"The training loss became {loss.item()} at epoch {epoch}, step {step}: "

@@ -1,10 +1,13 @@
-"""Training of a descriptor head on cached backbone features: ``train_head(cfg, features, pairs, ...)``.
+"""Training on labelled pairs of images: ``train_on_pairs(cfg, learner, pairs, ...)``.
 
-The global batch is the same whatever the number of processes: each rank takes a strided slice of
+The learner (:mod:`dinov2_vpr.training.pair_learners`) is a head on cached pooled features, or the
+last blocks and a head on cached trunk tokens. The global batch is the same whatever the number of processes: each rank takes a strided slice of
 it, its loss is scaled so that DistributedDataParallel's gradient average equals the mean over the
-global batch, and the order of the pairs depends only on the seed and the epoch.
+global batch, and the order of the pairs and the dropout masks depend only on the seed, the epoch
+and the step (:func:`~dinov2_vpr.models.batch_dropout.global_batch_dropout`).
 """
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -20,12 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 import dinov2_vpr.training.losses  # noqa: F401  (registers the losses)
 from dinov2 import distributed
-from dinov2.utils.utils import fix_random_seeds
 from dinov2_vpr.data.image_table import PairIndex
-from dinov2_vpr.models.build import build_head
+from dinov2_vpr.models.batch_dropout import global_batch_dropout
 from dinov2_vpr.registry import LOSSES, lookup
 from dinov2_vpr.training.checkpoints import Checkpointer
-from dinov2_vpr.verification.evaluate import cosine_scores, describe_rows
+from dinov2_vpr.training.pair_learners import PairLearner
+from dinov2_vpr.training.seeds import step_generator, step_seed
+from dinov2_vpr.verification.evaluate import cosine_scores
 from dinov2_vpr.verification.metrics import best_f1_threshold, pair_metrics
 from dinov2_vpr.verification.plots import pr_curve_figure
 
@@ -39,7 +43,7 @@ class TrainResult:
     best_epoch: int
     best_average_precision: float
     threshold: float
-    head_state: dict
+    state: dict
     history: list[dict] = field(default_factory=list)
 
 
@@ -62,15 +66,11 @@ def _learning_rate_factor(cfg: DictConfig) -> CompositeParamScheduler:
     )
 
 
-def _generator(*key: int) -> torch.Generator:
-    """A generator seeded by ``key`` (e.g. seed, epoch, step), the same on every rank and after a resume."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
-
-
-def _dropout_masks(head: nn.Module, rows: int, generator: torch.Generator) -> list[Tensor] | None:
-    """The head's dropout masks for ``rows`` rows of the global batch (None for heads without dropout)."""
-    draw = getattr(head, "draw_dropout_masks", None)
-    return None if draw is None else draw(rows, generator)
+def _renumbered(pairs: PairIndex, images: Tensor) -> PairIndex:
+    """``pairs`` with its image indices replaced by their positions in the sorted ``images``."""
+    return dataclasses.replace(
+        pairs, query=torch.searchsorted(images, pairs.query), reference=torch.searchsorted(images, pairs.reference)
+    )
 
 
 def _all_reduce_sum(value: Tensor) -> Tensor:
@@ -89,46 +89,41 @@ def _log_validation(writer, epoch: int, labels: np.ndarray, scores: np.ndarray, 
         writer.add_figure("val/pr_curve", pr_curve_figure(labels, scores, f"validation, epoch {epoch + 1}"), epoch)
 
 
-def train_head(
+def train_on_pairs(
     cfg: DictConfig,
-    features: Tensor,
-    embed_dim: int,
+    learner: PairLearner,
     train_pairs: PairIndex,
     val_pairs: PairIndex,
     output_dir: str | Path,
-    initial_head_state: dict | None = None,
     resume: bool = True,
 ) -> TrainResult:
-    """Train ``vpr.head`` with ``vpr.loss`` on pairs of rows of ``features`` (the head inputs).
+    """Train ``learner`` with ``vpr.loss`` on the cosines of the descriptors of ``train_pairs``.
 
-    Writes per-epoch checkpoints (head, optimizer, scheduler, epoch, config) and the best one by
-    validation average precision under ``<output_dir>/checkpoints``, TensorBoard events under
-    ``<output_dir>/tensorboard``. With ``resume``, continues from the last checkpoint found there.
+    Writes per-epoch checkpoints (learner state, optimizer, scheduler, epoch, config) and the best one
+    by validation average precision on ``val_pairs`` under ``<output_dir>/checkpoints``, TensorBoard
+    events under ``<output_dir>/tensorboard``. With ``resume``, continues from the last checkpoint found there.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite.
     """
     train_cfg = cfg.vpr.train
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    fix_random_seeds(train_cfg.seed)
-    head = build_head(cfg, embed_dim)
-    if initial_head_state is not None:
-        head.load_state_dict(initial_head_state)
-    elif hasattr(head, "fit_input_statistics"):
-        head.fit_input_statistics(features[torch.cat([train_pairs.query, train_pairs.reference]).unique()].float())
     loss_fn = build_loss(cfg)
-    model = DistributedDataParallel(head) if distributed.is_enabled() else head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    model = DistributedDataParallel(learner.module) if distributed.is_enabled() else learner.module
+    parameters = [parameter for parameter in learner.module.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_pairs) / train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
     lr_factor = _learning_rate_factor(cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(min(step / total_steps, 0.999999)))
+    val_images = torch.cat([val_pairs.query, val_pairs.reference]).unique()
+    val_index = _renumbered(val_pairs, val_images)
 
     checkpointer = Checkpointer(Path(output_dir) / "checkpoints")
-    start_epoch, best, history = 0, {"epoch": -1, "average_precision": -1.0, "threshold": 0.0, "head": None}, []
+    start_epoch, best, history = 0, {"epoch": -1, "average_precision": -1.0, "threshold": 0.0, "state": None}, []
     state = checkpointer.load_last() if resume else None
     if state is not None:
-        head.load_state_dict(state["head"])
+        learner.load_state(state[learner.state_key], checkpointer.last_path())
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
@@ -140,10 +135,9 @@ def train_head(
 
         writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=start_epoch * steps_per_epoch)
     val_labels = val_pairs.labels.numpy()
-    features = features.float()
     for epoch in range(start_epoch, train_cfg.epochs):
-        head.train()
-        order = torch.randperm(len(train_pairs), generator=_generator(train_cfg.seed, epoch))
+        learner.module.train()
+        order = torch.randperm(len(train_pairs), generator=step_generator(train_cfg.seed, epoch))
         epoch_loss = torch.zeros(2, dtype=torch.float64)
         for step in range(steps_per_epoch):
             global_batch = order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
@@ -151,11 +145,11 @@ def train_head(
             # This rank's rows of the global batch: its queries, then their references.
             positions = torch.arange(len(global_batch))[rank::world_size]
             rows = torch.cat([positions, positions + len(global_batch)])
-            inputs = features[torch.cat([train_pairs.query[local], train_pairs.reference[local]])]
-            masks = _dropout_masks(head, 2 * len(global_batch), _generator(train_cfg.seed, epoch, step))
-            descriptors = model(inputs) if masks is None else model(inputs, [mask[rows] for mask in masks])
+            inputs = learner.inputs(torch.cat([train_pairs.query[local], train_pairs.reference[local]]))
+            with global_batch_dropout(step_seed(train_cfg.seed, epoch, step), 2 * len(global_batch), rows):
+                descriptors = model(inputs)
             query, reference = descriptors.split(len(local))
-            losses = loss_fn((query * reference).sum(dim=-1), train_pairs.labels[local])
+            losses = loss_fn((query * reference).sum(dim=-1), train_pairs.labels[local].to(query.device))
             loss = losses.sum() * world_size / len(global_batch)
             batch_loss = _all_reduce_sum(
                 torch.stack([losses.detach().sum().double(), torch.tensor(float(len(local)), dtype=torch.float64)])
@@ -175,7 +169,7 @@ def train_head(
                 writer.add_scalar("train/loss", (batch_loss[0] / batch_loss[1]).item(), global_step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
 
-        scores = cosine_scores(describe_rows(head, features), val_pairs)
+        scores = cosine_scores(learner.describe(val_images), val_index)
         metrics = pair_metrics(val_labels, scores)
         record = {
             "epoch": epoch,
@@ -205,15 +199,17 @@ def train_head(
                 "epoch": epoch,
                 "average_precision": metrics["average_precision"],
                 "threshold": best_f1_threshold(val_labels, scores),
-                "head": {key: value.clone() for key, value in head.state_dict().items()},
+                "state": {key: value.detach().clone() for key, value in learner.state().items()},
             }
             checkpointer.save(
-                "best", {"head": best["head"], "epoch": epoch, "config": OmegaConf.to_container(cfg)}, tag_last=False
+                "best",
+                {learner.state_key: best["state"], "epoch": epoch, "config": OmegaConf.to_container(cfg)},
+                tag_last=False,
             )
         checkpointer.save(
             f"epoch_{epoch:04d}",
             {
-                "head": head.state_dict(),
+                learner.state_key: learner.state(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch,
@@ -226,6 +222,6 @@ def train_head(
         distributed.barrier()
     if writer is not None:
         writer.close()
-    if best["head"] is None:
+    if best["state"] is None:
         raise RuntimeError("No epoch was trained: vpr.train.epochs must be at least 1")
-    return TrainResult(best["epoch"], best["average_precision"], best["threshold"], best["head"], history)
+    return TrainResult(best["epoch"], best["average_precision"], best["threshold"], best["state"], history)

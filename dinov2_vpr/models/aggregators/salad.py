@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from dinov2_vpr.registry import AGGREGATORS
 
+from ..batch_dropout import BatchDropout
 from .base import Aggregation, Aggregator, BackboneTokens
 
 HIDDEN_DIM = 512  # fixed in the released architecture
@@ -50,7 +51,7 @@ def _branch(in_channels: int, out_channels: int, dropout: float) -> nn.Sequentia
     """1x1 conv to the hidden width, dropout, ReLU, 1x1 conv (indices 0 and 3 hold the weights)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, HIDDEN_DIM, 1),
-        nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+        BatchDropout(dropout) if dropout > 0 else nn.Identity(),
         nn.ReLU(),
         nn.Conv2d(HIDDEN_DIM, out_channels, 1),
     )

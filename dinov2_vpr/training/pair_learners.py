@@ -1,0 +1,190 @@
+"""What pair-list training trains: a head on cached pooled features, or the last blocks and a head on cached trunk tokens.
+
+Both give :func:`dinov2_vpr.training.trainer.train_on_pairs` the same interface: a ``module`` mapping
+the inputs of a batch of images to unit descriptors (the one wrapped in DistributedDataParallel),
+the ``inputs`` of image indices, the descriptors of chosen images in eval mode, and the state to
+checkpoint.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from dinov2.utils.utils import fix_random_seeds
+from dinov2_vpr.data.transforms import image_transform
+from dinov2_vpr.features.pipeline import cache_root
+from dinov2_vpr.features.token_cache import TokenCache
+from dinov2_vpr.models.backbone import feature_settings, features_autocast_dtype
+from dinov2_vpr.models.build import build_head, build_trainable_model, load_trainable_state, trainable_state
+from dinov2_vpr.models.place_model import PlaceModel, backbone_blocks
+from dinov2_vpr.training.place_data import encode_trunk_tokens
+
+# Images per forward pass when describing images in eval mode.
+DESCRIBE_BATCH = 4096
+
+
+class PairLearner(Protocol):
+    """What :func:`~dinov2_vpr.training.trainer.train_on_pairs` trains on pairs of images."""
+
+    module: nn.Module
+    state_key: str  # the checkpoints' key of :meth:`state`
+
+    def inputs(self, images: Tensor) -> Tensor:
+        """The module's inputs for the images of these indices."""
+
+    def describe(self, images: Tensor) -> Tensor:
+        """``(len(images), D)`` unit descriptors of the images of these indices, in eval mode, on the CPU."""
+
+    def state(self) -> dict[str, Tensor]:
+        """The trained state, as checkpoints hold it."""
+
+    def load_state(self, state: dict[str, Tensor], source: str | Path) -> None:
+        """Load :meth:`state` (from the file ``source``)."""
+
+
+class HeadOnFeatures:
+    """A head (``vpr.head``) on head inputs ``(N, D_in)`` held in memory (pooled features of the feature cache)."""
+
+    state_key = "head"
+
+    def __init__(self, head: nn.Module, features: Tensor) -> None:
+        self.module, self.features = head, features.float()
+
+    def inputs(self, images: Tensor) -> Tensor:
+        return self.features[images]
+
+    @torch.no_grad()
+    def describe(self, images: Tensor) -> Tensor:
+        self.module.eval()
+        rows = [
+            self.module(self.features[images[i : i + DESCRIBE_BATCH]]) for i in range(0, len(images), DESCRIBE_BATCH)
+        ]
+        return torch.cat(rows)
+
+    def state(self) -> dict[str, Tensor]:
+        return self.module.state_dict()
+
+    def load_state(self, state: dict[str, Tensor], source: str | Path) -> None:
+        self.module.load_state_dict(state)
+
+
+def head_learner(
+    cfg: DictConfig, features: Tensor, embed_dim: int, train_images: Tensor, initial_head_state: dict | None
+) -> HeadOnFeatures:
+    """A new head (seeded by ``vpr.train.seed``) on ``features``: ``initial_head_state``, or standardised by
+    the features of ``train_images``."""
+    fix_random_seeds(cfg.vpr.train.seed)
+    head = build_head(cfg, embed_dim)
+    if initial_head_state is not None:
+        head.load_state_dict(initial_head_state)
+    elif hasattr(head, "fit_input_statistics"):
+        head.fit_input_statistics(features[train_images].float())
+    return HeadOnFeatures(head, features)
+
+
+class _TailDescriber(nn.Module):
+    """Trunk tokens to descriptors: the place model's tail under autocast, then pooling and head in float32."""
+
+    def __init__(self, model: PlaceModel, grid: tuple[int, int], autocast_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.grid, self.autocast_dtype = model, grid, autocast_dtype
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        dtype = self.autocast_dtype
+        with torch.autocast(tokens.device.type, dtype=dtype, enabled=dtype != torch.float):
+            backbone_tokens = self.model.forward_tail(tokens, self.grid)
+        return self.model.aggregate(backbone_tokens.float()).descriptors
+
+
+class TailOnTokens:
+    """The last ``vpr.model.trainable_blocks`` blocks, pooling (``vpr.head.input``) and the head, on trunk tokens
+    read from the memory-mapped token cache a batch at a time."""
+
+    state_key = "model"
+
+    def __init__(
+        self,
+        model: PlaceModel,
+        cache: TokenCache,
+        identities: Sequence[str],
+        grid: tuple[int, int],
+        autocast_dtype: torch.dtype,
+    ) -> None:
+        self.model, self.cache, self.identities = model, cache, list(identities)
+        self.device = next(model.parameters()).device
+        self.module = _TailDescriber(model, grid, autocast_dtype)
+
+    def inputs(self, images: Tensor) -> Tensor:
+        return self.cache.read([self.identities[index] for index in images.tolist()]).to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def pooled(self, images: Tensor, batch_size: int) -> Tensor:
+        """The head's inputs (the pooled tail tokens) of these images, in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        head, self.model.head = self.model.head, None
+        try:
+            return self._describe(images, batch_size)
+        finally:
+            self.model.head = head
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def describe(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._describe(images, batch_size)
+        finally:
+            self.model.train(was_training)
+
+    def _describe(self, images: Tensor, batch_size: int) -> Tensor:
+        parts = [self.module(self.inputs(images[i : i + batch_size])).cpu() for i in range(0, len(images), batch_size)]
+        return torch.cat(parts)
+
+    def state(self) -> dict[str, Tensor]:
+        return trainable_state(self.model)
+
+    def load_state(self, state: dict[str, Tensor], source: str | Path) -> None:
+        load_trainable_state(self.model, state, source)
+
+
+def tail_learner(
+    cfg: DictConfig,
+    pretrained_weights: str | None,
+    image_paths: Sequence[Path],
+    output_dir: str | Path,
+    train_images: Tensor,
+    initial_head_state: dict | None,
+) -> TailOnTokens:
+    """The backbone's last ``vpr.model.trainable_blocks`` blocks, pooling and a new head, on the trunk tokens of
+    ``image_paths`` (encoded into the token cache where it lacks them). The head starts from
+    ``initial_head_state``, or is standardised by the pooled features of ``train_images``."""
+    model = build_trainable_model(cfg, pretrained_weights)
+    transform = image_transform(cfg)
+    device = next(model.parameters()).device
+    autocast_dtype = features_autocast_dtype(cfg, device)
+    block_index = len(backbone_blocks(model.backbone)) - model.trainable_blocks
+    settings = feature_settings(cfg, pretrained_weights, transform, autocast_dtype)
+    cache = TokenCache(cache_root(cfg, output_dir), settings, block_index, cfg.vpr.train.trunk_cache_dtype)
+    identities = encode_trunk_tokens(
+        model,
+        image_paths,
+        cache,
+        transform,
+        autocast_dtype,
+        cfg.vpr.features.batch_size,
+        cfg.vpr.data.num_workers,
+        cfg.vpr.features.chunk_size,
+    )
+    grid = (transform.size[0] // model.backbone.patch_size, transform.size[1] // model.backbone.patch_size)
+    learner = TailOnTokens(model, cache, identities, grid, autocast_dtype)
+    if initial_head_state is not None:
+        model.head.load_state_dict(initial_head_state)
+    elif hasattr(model.head, "fit_input_statistics"):
+        model.head.fit_input_statistics(learner.pooled(train_images, cfg.vpr.features.batch_size))
+    return learner
