@@ -6,7 +6,7 @@ the ``inputs`` of image indices, the descriptors of chosen images in eval mode, 
 checkpoint.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -93,11 +93,15 @@ class _TailDescriber(nn.Module):
         super().__init__()
         self.model, self.grid, self.autocast_dtype = model, grid, autocast_dtype
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def pooled(self, tokens: Tensor) -> Tensor:
+        """The pooled features of the tail's tokens (the head's inputs), in float32."""
         dtype = self.autocast_dtype
         with torch.autocast(tokens.device.type, dtype=dtype, enabled=dtype != torch.float):
             backbone_tokens = self.model.forward_tail(tokens, self.grid)
-        return self.model.aggregate(backbone_tokens.float()).descriptors
+        return self.model.aggregator.aggregate(backbone_tokens.float()).descriptors
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.model.head(self.pooled(tokens))
 
 
 class TailOnTokens:
@@ -121,30 +125,22 @@ class TailOnTokens:
     def inputs(self, images: Tensor) -> Tensor:
         return self.cache.read([self.identities[index] for index in images.tolist()]).to(self.device, torch.float32)
 
-    @torch.no_grad()
     def pooled(self, images: Tensor, batch_size: int) -> Tensor:
-        """The head's inputs (the pooled tail tokens) of these images, in eval mode."""
-        was_training = self.model.training
-        self.model.eval()
-        head, self.model.head = self.model.head, None
-        try:
-            return self._describe(images, batch_size)
-        finally:
-            self.model.head = head
-            self.model.train(was_training)
+        """The head's inputs (the pooled tail tokens) of these images, in eval mode, on the CPU."""
+        return self._rows(self.module.pooled, images, batch_size)
+
+    def describe(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        return self._rows(self.module, images, batch_size)
 
     @torch.no_grad()
-    def describe(self, images: Tensor, batch_size: int = 64) -> Tensor:
-        was_training = self.model.training
-        self.model.eval()
+    def _rows(self, function: Callable[[Tensor], Tensor], images: Tensor, batch_size: int) -> Tensor:
+        was_training = self.module.training
+        self.module.eval()
         try:
-            return self._describe(images, batch_size)
+            batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+            return torch.cat([function(self.inputs(batch)).cpu() for batch in batches])
         finally:
-            self.model.train(was_training)
-
-    def _describe(self, images: Tensor, batch_size: int) -> Tensor:
-        parts = [self.module(self.inputs(images[i : i + batch_size])).cpu() for i in range(0, len(images), batch_size)]
-        return torch.cat(parts)
+            self.module.train(was_training)
 
     def state(self) -> dict[str, Tensor]:
         return trainable_state(self.model)

@@ -1,10 +1,11 @@
 """Training on labelled pairs of images: ``train_on_pairs(cfg, learner, pairs, ...)``.
 
 The learner (:mod:`dinov2_vpr.training.pair_learners`) is a head on cached pooled features, or the
-last blocks and a head on cached trunk tokens. The global batch is the same whatever the number of processes: each rank takes a strided slice of
-it, its loss is scaled so that DistributedDataParallel's gradient average equals the mean over the
-global batch, and the order of the pairs and the dropout masks depend only on the seed, the epoch
-and the step (:func:`~dinov2_vpr.models.batch_dropout.global_batch_dropout`).
+last blocks and a head on cached trunk tokens. The global batch is the same whatever the number of
+processes: each rank takes a strided slice of it, its loss is scaled so that DistributedDataParallel's
+gradient average equals the mean over the global batch, and the order of the pairs and the dropout
+masks depend only on the seed, the epoch and the step
+(:func:`~dinov2_vpr.models.batch_dropout.global_batch_dropout`).
 """
 
 import dataclasses
