@@ -125,9 +125,18 @@ def test_the_trunk_cache_trains_as_the_whole_backbone(method, data, tmp_path):
     _assert_same_states(_model_state(tmp_path / "cached"), _model_state(tmp_path / "online"), atol=1e-5, rtol=1e-4)
 
 
-def test_augmented_training_runs(data, tmp_path):
+def test_augmented_training_runs_randaugment_per_image(data, tmp_path, monkeypatch):
+    batches = []
+
+    class Recorded(place_trainer.TrainAugmentation):
+        def forward(self, images):
+            batches.append((len(images), self.group_size))
+            return super().forward(images)
+
+    monkeypatch.setattr(place_trainer, "TrainAugmentation", Recorded)
     metrics = _train(data, "boq", tmp_path, "vpr.train.augment=true", "vpr.train.epochs=1")
     assert np.isfinite(metrics["history"][0]["train_loss"])
+    assert batches == [(16, 1), (16, 1)]  # 4 places x 4 images a batch, the operations drawn for each image
 
 
 def test_model_option_describes_with_the_trained_model(data, tmp_path):

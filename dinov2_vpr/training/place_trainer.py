@@ -79,7 +79,10 @@ class _TrainInputs:
         self.labels = torch.as_tensor(places.labels)
         self.device = next(model.parameters()).device
         self.cached = not train_cfg.augment and train_cfg.trunk_cache
-        self.augment = TrainAugmentation(cfg.vpr.data.image_size).to(self.device) if train_cfg.augment else None
+        self.augment = None
+        if train_cfg.augment:
+            augment = TrainAugmentation(cfg.vpr.data.image_size, group_size=train_cfg.augment_group_size)
+            self.augment = augment.to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         if self.cached:
