@@ -73,7 +73,9 @@ def test_every_pair_loss_trains_a_head_that_separates_places(loss_name, tmp_path
 def test_pair_losses_pull_positives_and_push_negatives():
     similarity = torch.tensor([0.9, 0.2, 0.9, 0.2])
     labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    for loss in (build_loss(build_vpr_config(None, [f"vpr.loss.name={name}"])) for name in PAIR_LOSS_NAMES):
+    for name in PAIR_LOSS_NAMES:
+        loss = build_loss(build_vpr_config(None, [f"vpr.loss.name={name}", "vpr.loss.margin=0.6"]))
+        assert loss.margin == 0.6  # each takes its own keys of vpr.loss (scale is ScaledCosineBCELoss's only)
         values = loss(similarity, labels)
         assert values[0] < values[1] and values[3] < values[2]
 
@@ -83,5 +85,9 @@ def test_unknown_names_list_the_registered_ones():
         build_head(build_vpr_config(None, ["vpr.head.name=Transformer"]), 384)
     with pytest.raises(InputError, match="vpr.loss.name='Triplet'"):
         build_loss(build_vpr_config(None, ["vpr.loss.name=Triplet"]))
+    with pytest.raises(
+        InputError, match="'MultiSimilarityLoss' trains on place batches.*ContrastiveLoss, ScaledCosineBCELoss"
+    ):
+        build_loss(build_vpr_config(None, ["vpr.loss.name=MultiSimilarityLoss"]))
     with pytest.raises(InputError, match="vpr.head.input='patch'"):
         build_head(build_vpr_config(None, ["vpr.head.input=patch"]), 384)

@@ -10,11 +10,15 @@ from torch import Tensor, nn
 from dinov2_vpr.registry import LOSSES
 
 
+class PairLoss(nn.Module):
+    """Base of the pair losses: ``forward(similarity (B,), labels (B,))`` gives the ``(B,)`` per-pair losses."""
+
+
 @LOSSES.register()
-class ContrastiveLoss(nn.Module):
+class ContrastiveLoss(PairLoss):
     """``y (1 - s)^2 + (1 - y) max(0, s - margin)^2``: pull positives to 1, push negatives below ``margin``."""
 
-    def __init__(self, margin: float = 0.5, **unused) -> None:
+    def __init__(self, margin: float = 0.5) -> None:
         super().__init__()
         self.margin = margin
 
@@ -26,10 +30,10 @@ class ContrastiveLoss(nn.Module):
 
 
 @LOSSES.register()
-class ScaledCosineBCELoss(nn.Module):
+class ScaledCosineBCELoss(PairLoss):
     """Binary cross-entropy on the logit ``scale * (s - margin)``: a calibrated same-place probability."""
 
-    def __init__(self, margin: float = 0.5, scale: float = 10.0, **unused) -> None:
+    def __init__(self, margin: float = 0.5, scale: float = 10.0) -> None:
         super().__init__()
         self.margin = margin
         self.scale = scale

@@ -61,7 +61,7 @@ class MultiSimilarityLoss(nn.Module):
             similar positive minus ``epsilon``.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 50.0, base: float = 0.0, epsilon: float = 0.1, **unused):
+    def __init__(self, alpha: float = 1.0, beta: float = 50.0, base: float = 0.0, epsilon: float = 0.1) -> None:
         # Imported here: pytorch-metric-learning loads scipy, which registering the loss need not.
         from pytorch_metric_learning import losses, miners
 

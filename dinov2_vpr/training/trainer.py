@@ -9,6 +9,7 @@ masks depend only on the seed, the epoch and the step
 """
 
 import dataclasses
+import inspect
 import logging
 import math
 from dataclasses import dataclass, field
@@ -19,16 +20,18 @@ import torch
 import torch.distributed as dist
 from fvcore.common.param_scheduler import CompositeParamScheduler, CosineParamScheduler, LinearParamScheduler
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-import dinov2_vpr.training.losses  # noqa: F401  (registers the losses)
 from dinov2 import distributed
+from dinov2.utils.errors import InputError
 from dinov2_vpr.data.image_table import PairIndex
 from dinov2_vpr.models.batch_dropout import global_batch_dropout
 from dinov2_vpr.registry import LOSSES, lookup
 from dinov2_vpr.training.checkpoints import Checkpointer
+from dinov2_vpr.training.losses import PairLoss
 from dinov2_vpr.training.pair_learners import PairLearner
+from dinov2_vpr.training.place_losses import MultiSimilarityLoss  # noqa: F401  (registered: its name is refused clearly)
 from dinov2_vpr.training.seeds import step_generator, step_seed
 from dinov2_vpr.verification.evaluate import cosine_scores
 from dinov2_vpr.verification.metrics import best_f1_threshold, pair_metrics
@@ -48,10 +51,24 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def build_loss(cfg: DictConfig) -> nn.Module:
-    """The loss named by ``vpr.loss.name``."""
+def build_loss(cfg: DictConfig) -> PairLoss:
+    """The pair loss named by ``vpr.loss.name``, given the keys of ``vpr.loss`` that it takes (``scale`` is
+    ScaledCosineBCELoss's only).
+
+    Raises:
+        InputError: an unknown name, or a loss of place batches.
+    """
     loss_cfg = OmegaConf.to_container(cfg.vpr.loss, resolve=True)
-    return lookup(LOSSES, loss_cfg.pop("name"), "vpr.loss.name")(**loss_cfg)
+    name = loss_cfg.pop("name")
+    loss_class = lookup(LOSSES, name, "vpr.loss.name")
+    if not issubclass(loss_class, PairLoss):
+        pair_losses = sorted(registered for registered, value in LOSSES if issubclass(value, PairLoss))
+        raise InputError(
+            f"vpr.loss.name={name!r} trains on place batches (--places-root), not on pair lists; "
+            f"choose one of: {', '.join(pair_losses)}"
+        )
+    accepted = inspect.signature(loss_class).parameters
+    return loss_class(**{key: value for key, value in loss_cfg.items() if key in accepted})
 
 
 def _learning_rate_factor(cfg: DictConfig) -> CompositeParamScheduler:
