@@ -1,6 +1,8 @@
 """Shared test fixtures: the reference data in ../shared (beside the checkout)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,24 @@ def vpr_methods_dir() -> Path:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN_TIMEOUT_S = 300
+
+
+def torchrun(module: str, argv: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    """``python -m module argv`` as ``processes`` torchrun processes on this machine (gloo on the CPU), which
+    must succeed. One thread per process: two processes share the 2 cores as one process with 2 threads does."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        + ["-m", module, *argv],
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TORCHRUN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
 
 # A random ViT-S/14 on 56x56 images with a tiny head: the whole pipeline in seconds on a CPU.
 TINY_MODEL_ARGS = ["--config-file", str(REPO_ROOT / "dinov2/configs/eval/vits14_pretrain.yaml"), "--random-backbone"]

@@ -8,10 +8,7 @@ in their last bits, which the head's input standardisation would amplify.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,11 +20,10 @@ from dinov2_vpr.data.synthetic import make_pair_dataset
 from dinov2_vpr.features.pipeline import image_features
 from dinov2_vpr.features.pooling import FEATURE_NAMES
 from dinov2_vpr.run import train as train_command
-from tests.conftest import REPO_ROOT, TINY_MODEL_ARGS
+from tests.conftest import TINY_MODEL_ARGS, torchrun
 from tests.tiny_vpr import IMAGE_SIZE, TINY_OPTS, assert_same_heads, load_heads, training_options
 
 EPOCHS = 4
-TORCHRUN_TIMEOUT_S = 180
 
 
 def read_cache_rows(cache_root: Path) -> tuple[list[str], dict[str, dict[str, torch.Tensor]]]:
@@ -48,25 +44,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = make_pair_dataset(root / "data", num_places=24, image_size=IMAGE_SIZE)
     single, double = root / "single", root / "double"
 
-    # One thread per process: the two processes share the 2 cores as one process with 2 threads does.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "dinov2_vpr.run.train",
-            *training_options(data, double, EPOCHS),
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=TORCHRUN_TIMEOUT_S,
-    )
-    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    torchrun("dinov2_vpr.run.train", training_options(data, double, EPOCHS))
     argv = training_options(data, single, EPOCHS, cache_dir=double / "feature_cache")
     train_command.main(train_command.get_args_parser().parse_args(argv))
     assert not distributed.is_enabled()

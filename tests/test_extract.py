@@ -1,9 +1,6 @@
 """The extract command: descriptor files in image order, float16, the feature cache, torchrun."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from dinov2_vpr.features.descriptors import load_descriptor_files
 from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.run import extract as extract_command
 
-from .conftest import REPO_ROOT, TINY_MODEL_ARGS, TINY_MODEL_OPTS
+from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -96,27 +93,8 @@ def test_contradictory_options_stop_before_any_work(image_folder, tmp_path):
 
 def test_two_torchrun_processes_share_the_encoding(image_folder, first_run, tmp_path):
     output = tmp_path / "torchrun"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "dinov2_vpr.run.extract",
-        *TINY_MODEL_ARGS,
-        "--images",
-        str(image_folder),
-        "--output",
-        str(output),
-        "--zero-shot",
-        "gem",
-        "--opts",
-        *TINY_MODEL_OPTS,
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    argv = [*TINY_MODEL_ARGS, "--images", str(image_folder), "--output", str(output), "--zero-shot", "gem"]
+    torchrun("dinov2_vpr.run.extract", [*argv, "--opts", *TINY_MODEL_OPTS])
     for log in ("log.txt", "log.txt.rank1"):
         assert "12 of 12 images need encoding; this rank encodes 6" in (output / "logs" / log).read_text()
     descriptors, paths = load_descriptor_files(output)

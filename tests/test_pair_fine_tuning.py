@@ -1,9 +1,6 @@
 """Pair lists fine-tune the last blocks with the head (``vpr.model.trainable_blocks``); ``--model`` then uses the result."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.run import eval as eval_command
 from dinov2_vpr.training import trainer
 
-from .conftest import REPO_ROOT, TINY_MODEL_ARGS, TINY_MODEL_OPTS
+from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS, torchrun
 from .test_vpr_train import _train, _train_argv
 
 # Two of the 12 blocks and the head, dropout on; an fp32 trunk cache, so the cached tail equals the whole backbone.
@@ -112,16 +109,7 @@ def test_two_processes_fine_tune_the_same_model_as_one(fine_tuned, small_pair_da
         EPOCHS,
         f"vpr.features.cache_dir={fine_tuned['run'] / 'feature_cache'}",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + ["-m", "dinov2_vpr.run.train", *argv],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    torchrun("dinov2_vpr.run.train", argv)
     assert "Trunk tokens: 0 of 24" in (tmp_path / "logs" / "log.txt").read_text()
     single, double = (json.loads((run / "train_metrics.json").read_text()) for run in (fine_tuned["run"], tmp_path))
     assert double["best_epoch"] == single["best_epoch"]

@@ -1,9 +1,5 @@
 """Place training (``--places-root``, SALAD/BoQ recipes) end to end on generated places with a tiny random ViT-S/14."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -24,7 +20,7 @@ from dinov2_vpr.training import place_trainer
 from dinov2_vpr.training.place_data import read_validation_folder
 from dinov2_vpr.training.schedules import place_lr_factor
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, torchrun
 
 CONFIG_FILE = str(REPO_ROOT / "dinov2/configs/eval/vits14_pretrain.yaml")
 OPTS = [
@@ -193,16 +189,7 @@ def test_two_processes_train_the_same_model_as_one(data, tmp_path):
     opts = ("vpr.train.trunk_cache_dtype=fp32",)
     double = tmp_path / "double"
     argv = _argv(data, "salad", double, *opts)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + ["-m", "dinov2_vpr.run.train", *argv],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    torchrun("dinov2_vpr.run.train", argv)
     single = tmp_path / "single"
     _train(data, "salad", single, *opts, f"vpr.features.cache_dir={double / 'feature_cache'}")
     assert "Trunk tokens: 0 of" in (single / "logs" / "log.txt").read_text()
