@@ -112,3 +112,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert [r["name"] for r in results["lists"]][-1].endswith("val_final")
     assert (tmp_path / "train" / "head.pth").exists()
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_demo_fine_tunes_the_last_blocks_on_request(tmp_path, capsys):
+    argv = ["--output-dir", str(tmp_path), "--num-places", "12", "--epochs", "2", "--trainable-blocks", "2"]
+    results = demo.main(demo.get_args_parser().parse_args(argv))
+    assert (tmp_path / "train" / "model.pth").exists() and not (tmp_path / "train" / "head.pth").exists()
+    threshold = torch.load(tmp_path / "train" / "model.pth", weights_only=True)["threshold"]
+    assert results["threshold"] == threshold  # evaluated with --model and its threshold
+    assert "with the last 2 blocks and the head" in capsys.readouterr().out

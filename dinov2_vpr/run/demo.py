@@ -4,6 +4,9 @@
 With a random backbone the numbers only show that the pipeline works; with real weights pass
 ``--pretrained-weights dinov2_vits14_pretrain.pth`` (see the README).
 
+``--trainable-blocks N`` fine-tunes the backbone's last N blocks with the head (on the trunk-token
+cache) and evaluates that model with ``--model``.
+
 ``--method salad|boq`` fine-tunes that place model instead (its recipe, on small images and a small
 aggregator) on generated GSV-style places and prints Recall@1/5/10 on a generated benchmark before
 and after training.
@@ -29,7 +32,6 @@ PLACE_OPTS = [
     f"vpr.data.image_size=[{PLACE_IMAGE_SIZE},{PLACE_IMAGE_SIZE}]",
     f"vpr.data.val_image_size=[{PLACE_IMAGE_SIZE},{PLACE_IMAGE_SIZE}]",
     "vpr.data.num_workers=0",
-    "vpr.model.trainable_blocks=2",
     "vpr.train.places_per_batch=10",
     "vpr.train.lr=0.0005",
     "vpr.train.warmup_steps=0",
@@ -50,6 +52,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", type=int, help="Training epochs (default 30; with --method 6)")
     parser.add_argument("--pretrained-weights", help="A real ViT-S/14 checkpoint instead of the random backbone")
+    parser.add_argument(
+        "--trainable-blocks",
+        type=int,
+        help="The backbone's last N blocks train (vpr.model.trainable_blocks): on pair lists with the head "
+        "(default 0: the head alone), with --method with the aggregator (default 2)",
+    )
     parser.add_argument(
         "--method",
         choices=sorted(METHOD_AGGREGATORS),
@@ -72,7 +80,10 @@ def place_demo(args: argparse.Namespace) -> dict:
     argv = ["--config-file", str(CONFIG_FILE), *backbone, "--method", args.method]
     argv += ["--places-root", str(places["root"]), "--val-folder", str(output / "data" / "val")]
     argv += ["--output-dir", str(output / f"train_{args.method}"), "--opts", *PLACE_OPTS]
-    argv.append(f"vpr.train.epochs={args.epochs or 6}")
+    argv += [
+        f"vpr.train.epochs={args.epochs or 6}",
+        f"vpr.model.trainable_blocks={2 if args.trainable_blocks is None else args.trainable_blocks}",
+    ]
     metrics = train_command.main(train_command.get_args_parser().parse_args(argv))
     trained = {name.removeprefix("val_"): value for name, value in metrics.items() if name.startswith("val_R@")}
     print(f"\n{args.method} on the generated benchmark (Recall@K, %):")
@@ -109,15 +120,18 @@ def main(args: argparse.Namespace) -> dict:
             "32",
             "--opts",
             f"vpr.train.epochs={args.epochs or 30}",
+            f"vpr.model.trainable_blocks={args.trainable_blocks or 0}",
         ]
     )
     train_command.main(train_args)
+    trained_model = ["--model", str(output / "train")] if args.trainable_blocks else ["--head", str(output / "train")]
+    described = f"the last {args.trainable_blocks} blocks and the head" if args.trainable_blocks else "the trained head"
     lists = ["--pair-lists", *map(str, data["test_lists"]), str(data["final_list"])]
     evaluate = ["--dataset-root", str(data["image_root"]), *lists]
-    print("\nTrained head:")
+    print(f"\nWith {described}:")
     results = eval_command.main(
         eval_command.get_args_parser().parse_args(
-            [*common, *evaluate, "--head", str(output / "train"), "--output-dir", str(output / "eval")]
+            [*common, *evaluate, *trained_model, "--output-dir", str(output / "eval")]
         )
     )
     print("\nZero-shot baseline (raw class-token cosine; its threshold only sets the answers):")
@@ -130,7 +144,7 @@ def main(args: argparse.Namespace) -> dict:
         if trained["labelled"]:
             print(
                 f"{trained['name']}: average precision {zero_shot['average_precision']:.3f} zero-shot "
-                f"-> {trained['average_precision']:.3f} with the trained head"
+                f"-> {trained['average_precision']:.3f} with {described}"
             )
     answers = np.loadtxt(output / "eval" / f"{data['final_list'].stem}_result.txt", dtype=int)
     truth = np.loadtxt(data["final_labels"], dtype=int)
@@ -139,7 +153,8 @@ def main(args: argparse.Namespace) -> dict:
         f"accuracy {np.mean(answers == truth):.3f} against the hidden labels"
     )
     print(
-        f"Everything is under {output}: train/ (head.pth, checkpoints, tensorboard), eval/ and eval_zero_shot/ "
+        f"Everything is under {output}: train/ ({'model' if args.trainable_blocks else 'head'}.pth, checkpoints, "
+        "tensorboard), eval/ and eval_zero_shot/ "
         "(answers, scores, metrics, curves)"
     )
     if not args.pretrained_weights:
