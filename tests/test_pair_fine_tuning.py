@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dinov2.utils.errors import InputError
 from dinov2_vpr.config import build_vpr_config
@@ -18,7 +19,12 @@ from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS, torchrun
 from .test_vpr_train import _train, _train_argv
 
 # Two of the 12 blocks and the head, dropout on; an fp32 trunk cache, so the cached tail equals the whole backbone.
-FINE_TUNE = ("vpr.model.trainable_blocks=2", "vpr.train.trunk_cache_dtype=fp32", "vpr.head.dropout=0.1")
+FINE_TUNE = (
+    "vpr.model.trainable_blocks=2",
+    "vpr.train.tail_lr=0.0002",  # the pretrained blocks' learning rate; the head's is 1e-3
+    "vpr.train.trunk_cache_dtype=fp32",
+    "vpr.head.dropout=0.1",
+)
 EPOCHS = "vpr.train.epochs=3"
 
 
@@ -49,6 +55,16 @@ def test_fine_tuning_saves_the_last_blocks_and_the_head(fine_tuned):
         assert not torch.allclose(state[f"backbone.{key}"], initial[key]), key
     log = (run / "logs" / "log.txt").read_text()
     assert "Trunk tokens: 24 of 24 images to encode" in log  # once, then every epoch reads the cache
+    # The head at vpr.train.lr, the 2 blocks and the norm at vpr.train.tail_lr, both on the schedule.
+    groups = torch.load(run / "checkpoints" / "epoch_0002.pth", weights_only=True)["optimizer"]["param_groups"]
+    assert [group["initial_lr"] for group in groups] == [1e-3, 2e-4] and len(groups[1]["params"]) == sum(
+        key.startswith("backbone.") for key in state
+    )
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    rates = [
+        (head.value, tail.value) for head, tail in zip(events.Scalars("train/lr"), events.Scalars("train/tail_lr"))
+    ]
+    assert all(tail == pytest.approx(head / 5) for head, tail in rates) and rates[-1][0] < rates[0][0] / 10
 
 
 def test_the_model_option_gives_the_descriptors_and_threshold_of_training(fine_tuned, small_pair_dataset, tmp_path):

@@ -39,6 +39,9 @@ class PairLearner(Protocol):
     def describe(self, images: Tensor) -> Tensor:
         """``(len(images), D)`` unit descriptors of the images of these indices, in eval mode, on the CPU."""
 
+    def tail_parameters(self) -> list[nn.Parameter]:
+        """The trained parameters of pretrained backbone blocks (``vpr.train.tail_lr``); the rest are new."""
+
     def state(self) -> dict[str, Tensor]:
         """The trained state, as checkpoints hold it."""
 
@@ -64,6 +67,9 @@ class HeadOnFeatures:
             self.module(self.features[images[i : i + DESCRIBE_BATCH]]) for i in range(0, len(images), DESCRIBE_BATCH)
         ]
         return torch.cat(rows)
+
+    def tail_parameters(self) -> list[nn.Parameter]:
+        return []
 
     def state(self) -> dict[str, Tensor]:
         return self.module.state_dict()
@@ -141,6 +147,9 @@ class TailOnTokens:
             return torch.cat([function(self.inputs(batch)).cpu() for batch in batches])
         finally:
             self.module.train(was_training)
+
+    def tail_parameters(self) -> list[nn.Parameter]:
+        return [parameter for parameter in self.model.backbone.parameters() if parameter.requires_grad]
 
     def state(self) -> dict[str, Tensor]:
         return trainable_state(self.model)

@@ -71,6 +71,17 @@ def build_loss(cfg: DictConfig) -> PairLoss:
     return loss_class(**{key: value for key, value in loss_cfg.items() if key in accepted})
 
 
+def _parameter_groups(learner: PairLearner, lr: float, tail_lr: float | None) -> list[dict]:
+    """The learner's trained parameters: the pretrained blocks' at ``tail_lr`` (None: ``lr``), the new ones at ``lr``."""
+    tail = learner.tail_parameters()
+    tail_ids = {id(parameter) for parameter in tail}
+    new = [p for p in learner.module.parameters() if p.requires_grad and id(p) not in tail_ids]
+    groups = [{"params": new, "lr": lr}]
+    if tail:
+        groups.append({"params": tail, "lr": lr if tail_lr is None else tail_lr})
+    return groups
+
+
 def _learning_rate_factor(cfg: DictConfig) -> CompositeParamScheduler:
     train = cfg.vpr.train
     warmup = min(max(train.warmup_epochs / train.epochs, 0.0), 1.0)
@@ -128,8 +139,11 @@ def train_on_pairs(
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     loss_fn = build_loss(cfg)
     model = DistributedDataParallel(learner.module) if distributed.is_enabled() else learner.module
-    parameters = [parameter for parameter in learner.module.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        _parameter_groups(learner, train_cfg.lr, train_cfg.tail_lr),
+        lr=train_cfg.lr,
+        weight_decay=train_cfg.weight_decay,
+    )
     steps_per_epoch = math.ceil(len(train_pairs) / train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
     lr_factor = _learning_rate_factor(cfg)
@@ -185,7 +199,8 @@ def train_on_pairs(
             if writer is not None:
                 global_step = epoch * steps_per_epoch + step
                 writer.add_scalar("train/loss", (batch_loss[0] / batch_loss[1]).item(), global_step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
+                for name, rate in zip(("train/lr", "train/tail_lr"), scheduler.get_last_lr()):
+                    writer.add_scalar(name, rate, global_step)
 
         scores = cosine_scores(learner.describe(val_images), val_index)
         metrics = pair_metrics(val_labels, scores)
