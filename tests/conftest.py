@@ -1,8 +1,10 @@
 """Shared test fixtures: the reference data in ../shared (beside the checkout)."""
 
+import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,18 @@ def vpr_methods_dir() -> Path:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_TIMEOUT_S = 300
+
+
+def interrupted_on_call(function: Callable, call: int) -> Callable:
+    """``function``, except that its ``call``-th call raises KeyboardInterrupt (a training killed at that point)."""
+    calls = itertools.count(1)
+
+    def wrapper(*args, **kwargs):
+        if next(calls) == call:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
 def torchrun(module: str, argv: list[str], processes: int = 2) -> subprocess.CompletedProcess:

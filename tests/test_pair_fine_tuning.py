@@ -15,7 +15,7 @@ from dinov2_vpr.models.descriptor import load_place_model
 from dinov2_vpr.run import eval as eval_command
 from dinov2_vpr.training import trainer
 
-from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS, torchrun
+from .conftest import TINY_MODEL_ARGS, TINY_MODEL_OPTS, interrupted_on_call, torchrun
 from .test_vpr_train import _train, _train_argv
 
 # Two of the 12 blocks and the head, dropout on; an fp32 trunk cache, so the cached tail equals the whole backbone.
@@ -95,15 +95,9 @@ def test_the_model_option_gives_the_descriptors_and_threshold_of_training(fine_t
 
 def test_resume_after_an_interruption_fine_tunes_the_same_model(small_pair_dataset, tmp_path, monkeypatch):
     _train(small_pair_dataset, tmp_path / "whole", *FINE_TUNE, EPOCHS)
-    pair_metrics, calls = trainer.pair_metrics, []
-
-    def interrupted(*args, **kwargs):  # dies in the validation of the second epoch, before its checkpoint
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return pair_metrics(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "pair_metrics", interrupted)
+    pair_metrics = trainer.pair_metrics
+    # Dies in the validation of the second epoch, before its checkpoint.
+    monkeypatch.setattr(trainer, "pair_metrics", interrupted_on_call(pair_metrics, 2))
     with pytest.raises(KeyboardInterrupt):
         _train(small_pair_dataset, tmp_path / "resumed", *FINE_TUNE, EPOCHS)
     assert not (tmp_path / "resumed" / "checkpoints" / "epoch_0001.pth").exists()

@@ -20,7 +20,7 @@ from dinov2_vpr.training import place_trainer
 from dinov2_vpr.training.place_data import read_validation_folder
 from dinov2_vpr.training.schedules import place_lr_factor
 
-from .conftest import REPO_ROOT, torchrun
+from .conftest import REPO_ROOT, interrupted_on_call, torchrun
 
 CONFIG_FILE = str(REPO_ROOT / "dinov2/configs/eval/vits14_pretrain.yaml")
 OPTS = [
@@ -94,15 +94,9 @@ def test_training_writes_the_model_checkpoints_and_tensorboard(method, data, tmp
 
 def test_resume_after_an_interruption_trains_the_same_model(data, tmp_path, monkeypatch):
     _train(data, "salad", tmp_path / "whole")
-    validate, calls = place_trainer.validate, []
-
-    def interrupted(*args, **kwargs):  # zero-shot, epoch 0, then dies at the end of epoch 1's training
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return validate(*args, **kwargs)
-
-    monkeypatch.setattr(place_trainer, "validate", interrupted)
+    validate = place_trainer.validate
+    # Validates zero-shot and after epoch 0, then dies at the end of epoch 1's training.
+    monkeypatch.setattr(place_trainer, "validate", interrupted_on_call(validate, 3))
     with pytest.raises(KeyboardInterrupt):
         _train(data, "salad", tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "checkpoints" / "epoch_0001.pth").exists()
