@@ -141,8 +141,11 @@ def test_two_processes_fine_tune_the_same_model_as_one(fine_tuned, small_pair_da
         torch.testing.assert_close(double[key], single[key], atol=2e-4, rtol=1e-4, msg=key)
 
 
-def test_a_method_is_refused_on_pair_lists(small_pair_dataset, tmp_path):
+def test_place_training_options_are_refused_on_pair_lists(small_pair_dataset, tmp_path):
     with pytest.raises(InputError, match="vpr.model.method is for place training"):
         _train(small_pair_dataset, tmp_path, "vpr.model.method=salad")
+    for option in ("vpr.train.augment=true", "vpr.train.trunk_cache=false"):
+        with pytest.raises(InputError, match="are for place training.*pair lists always train on cached"):
+            _train(small_pair_dataset, tmp_path, "vpr.model.trainable_blocks=2", option)
     with pytest.raises(InputError, match="trainable_blocks=13 must be between 0 and the backbone's 12 blocks"):
         _train(small_pair_dataset, tmp_path, "vpr.model.trainable_blocks=13")

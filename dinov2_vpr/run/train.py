@@ -118,6 +118,11 @@ def main(args: argparse.Namespace) -> dict:
     cfg = setup_run(args)
     if cfg.vpr.model.method:
         raise InputError("vpr.model.method is for place training (--places-root --method); pair lists train a head")
+    if cfg.vpr.train.augment or not cfg.vpr.train.trunk_cache:
+        raise InputError(
+            "vpr.train.augment=true and vpr.train.trunk_cache=false are for place training (--places-root): "
+            "pair lists always train on cached features (the head) or cached trunk tokens (trainable_blocks)"
+        )
     train_root = Path(args.train_path)
     image_root = Path(args.image_root or args.train_path)
     list_files = [train_root / name for name in cfg.vpr.data.train_lists] or find_pair_lists(train_root)
