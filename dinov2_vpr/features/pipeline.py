@@ -13,7 +13,7 @@ from dinov2_vpr.features.cache import FeatureCache
 from dinov2_vpr.features.extract import extract_features
 from dinov2_vpr.features.pooling import pooled_encoder
 from dinov2_vpr.models.backbone import descriptor_settings, feature_settings, features_autocast_dtype, load_backbone
-from dinov2_vpr.models.build import build_method_model
+from dinov2_vpr.models.build import build_place_model
 
 logger = logging.getLogger("dinov2")
 
@@ -55,7 +55,7 @@ def model_descriptors(
     The cache is keyed by the model file's content, the preprocessing and the precision.
     """
     device = distributed.device()
-    model = build_method_model(cfg, pretrained_weights, device)
+    model = build_place_model(cfg, pretrained_weights, head_state=None)
     autocast_dtype = features_autocast_dtype(cfg, device)
     transform = image_transform(cfg)
     cache = FeatureCache(

@@ -178,15 +178,12 @@ def build_trained_model(cfg: DictConfig, pretrained_weights: str | None, device:
 
 
 def build_method_model(cfg: DictConfig, pretrained_weights: str | None, device: torch.device) -> PlaceModel:
-    """``vpr.model.method``'s released (or, without ``pretrained_weights``, random) model, frozen, in eval mode,
-    on ``device``; with ``vpr.model.trained`` the model trained here (:func:`build_trained_model`).
+    """``vpr.model.method``'s released model, frozen, in eval mode, on ``device``.
 
     With ``pretrained_weights`` (the method's released file) the aggregator's sizes come from the file;
     without, backbone and aggregator are random (seeded), for tests only.
     """
     method = cfg.vpr.model.method
-    if cfg.vpr.model.trained:
-        return build_trained_model(cfg, pretrained_weights, device)
     if pretrained_weights:
         with torch.device("meta"):
             backbone, _ = build_model_from_cfg(cfg, only_teacher=True)
@@ -203,13 +200,15 @@ def build_method_model(cfg: DictConfig, pretrained_weights: str | None, device: 
 def build_place_model(cfg: DictConfig, pretrained_weights: str | None, head_state: dict | None) -> PlaceModel:
     """The place model a run describes images with, frozen, in eval mode, on this rank's device.
 
-    ``vpr.model.method`` or ``vpr.model.trained`` set: the method's or the trained model
-    (:func:`build_method_model`). Otherwise the frozen
+    ``vpr.model.trained`` set: the model trained here (:func:`build_trained_model`); ``vpr.model.method``
+    set: the method's released model (:func:`build_method_model`). Otherwise the frozen
     backbone with, for a trained head (``head_state``, a head file's contents), its pooled features
     (``vpr.head.input``) and the head; for zero-shot descriptors (None) the ``CLS`` or ``GeM``
     aggregator that ``vpr.head.input`` names.
     """
-    if cfg.vpr.model.method or cfg.vpr.model.trained:
+    if cfg.vpr.model.trained:
+        return build_trained_model(cfg, pretrained_weights, distributed.device())
+    if cfg.vpr.model.method:
         return build_method_model(cfg, pretrained_weights, distributed.device())
     backbone, _ = load_backbone(cfg, pretrained_weights)
     if head_state is None:
