@@ -6,13 +6,25 @@ Runs on the real local cluster of ``tests/slurm_cluster.py`` (skipped, with the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import torch
 
 from tests import test_place_training as place_training
-from tests.test_slurm_vpr import CPU_JOB, last_saved_epoch, requires_two_cpus, submit, wait_for_job
+from tests.test_slurm_cluster import wait_until
+from tests.test_slurm_vpr import (
+    CPU_JOB,
+    EPOCHS_BEFORE_SIGNAL,
+    JOB_TIMEOUT_S,
+    last_saved_epoch,
+    requires_two_cpus,
+    submit,
+    wait_for_job,
+)
+from tests.tiny_vpr import RESUMED_AT, SAVED_EPOCH
 
 if TYPE_CHECKING:
     from tests.slurm_cluster import LocalSlurmCluster
@@ -22,6 +34,8 @@ pytest_plugins = ["tests.slurm_cluster"]
 EPOCHS = 2
 # SALAD's dropout (0.3) stays on: its masks follow the global batch, not the ranks.
 OPTS = (f"vpr.train.epochs={EPOCHS}", "vpr.train.trunk_cache_dtype=fp32")
+# Enough epochs (under a second each here) that a signal sent after the second one reaches a job still training.
+INTERRUPTED_EPOCHS = 20
 
 # Wall-clock measures in each history entry: every rank times its own epochs.
 TIMINGS = ("train_seconds", "images_per_s")
@@ -68,3 +82,61 @@ def test_place_training_runs_as_two_cpu_tasks_on_slurm_and_trains_the_model_of_o
         place_training._model_state(output_dir), place_training._model_state(single), atol=1e-5, rtol=1e-4
     )
     assert torch.load(output_dir / "model.pth", weights_only=True)["best_epoch"] == metrics["best_epoch"]
+
+
+def test_interrupted_place_training_is_requeued_resumes_and_trains_the_model_of_one_process(
+    slurm_cluster: LocalSlurmCluster, data: dict, tmp_path: Path
+) -> None:
+    requires_two_cpus(slurm_cluster)
+    output_dir = tmp_path / "interrupted"
+    opts = (f"vpr.train.epochs={INTERRUPTED_EPOCHS}", *OPTS[1:])
+    argv = place_training._argv(data, "salad", output_dir, *opts)
+    job_id = submit("dinov2_vpr.run.train", ["--slurm", *CPU_JOB, "--partition", slurm_cluster.partition, *argv])
+    wait_until(
+        lambda: last_saved_epoch(output_dir) >= EPOCHS_BEFORE_SIGNAL - 1,
+        JOB_TIMEOUT_S,
+        "the first epochs",
+        slurm_cluster,
+    )
+    # What SLURM sends signal_delay_s before the time limit: USR2 to the job's tasks.
+    signalled = slurm_cluster.run_client("scancel", "--signal=USR2", job_id)
+    assert signalled.returncode == 0, signalled.stderr
+    results = wait_for_job(slurm_cluster, output_dir, job_id)
+
+    task_log = (output_dir / "submitit" / f"{job_id}_0_log.out").read_text()
+    assert "this job is timed-out" in task_log and f"Requeued job {job_id}" in task_log, task_log
+    log = (output_dir / "logs" / "log.txt").read_text()
+    resumed = RESUMED_AT.findall(log)
+    assert len(resumed) == 1, f"expected one resume, found {resumed}"
+    resumed_from, resumed_at = int(resumed[0][0]), int(resumed[0][1])
+    before, after = log.split("Resuming from", 1)
+    # The second run went on from the last checkpoint of the first and trained each later epoch once.
+    # The signal may land between a checkpoint's write and its log line: the checkpoint then counts.
+    last_logged = int(SAVED_EPOCH.findall(before)[-1])
+    assert resumed_at == resumed_from + 1 and resumed_from in (last_logged, last_logged + 1)
+    assert EPOCHS_BEFORE_SIGNAL <= resumed_at < INTERRUPTED_EPOCHS, "the signal must reach the job while it trains"
+    assert [int(epoch) for epoch in SAVED_EPOCH.findall(after)] == list(range(resumed_at, INTERRUPTED_EPOCHS))
+    assert len(results) == 2 and without_timings(results[0]) == without_timings(results[1])
+    # The requeued job read the trunk tokens the first one had cached.
+    assert re.findall(r"Trunk tokens: (\d+) of", log)[1:] == ["0"], log
+
+    # One process here, on the trunk tokens the SLURM run cached, trains the same model without a break.
+    single = tmp_path / "single"
+    place_training._train(data, "salad", single, *opts, f"vpr.features.cache_dir={output_dir / 'feature_cache'}")
+    place_training._assert_same_states(
+        place_training._model_state(output_dir), place_training._model_state(single), atol=1e-5, rtol=1e-4
+    )
+    # model.pth holds the best epoch, maybe one before the signal: the last epochs' states agree too.
+    last = f"epoch_{INTERRUPTED_EPOCHS - 1:04d}.pth"
+    place_training._assert_same_states(
+        torch.load(output_dir / "checkpoints" / last, weights_only=True)["model"],
+        torch.load(single / "checkpoints" / last, weights_only=True)["model"],
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    metrics = json.loads((output_dir / "train_metrics.json").read_text())
+    single_metrics = json.loads((single / "train_metrics.json").read_text())
+    assert len(metrics["history"]) == INTERRUPTED_EPOCHS and metrics["best_epoch"] == single_metrics["best_epoch"]
+    # The losses the two ranks all-reduce differ from one process's in the last float bits.
+    expected = [pytest.approx(entry, abs=1e-5) for entry in without_timings(single_metrics)["history"]]
+    assert without_timings(metrics)["history"] == expected
