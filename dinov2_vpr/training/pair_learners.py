@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from dinov2 import distributed
 from dinov2.utils.utils import fix_random_seeds
 from dinov2_vpr.data.transforms import image_transform
 from dinov2_vpr.features.pipeline import cache_root
@@ -22,6 +23,7 @@ from dinov2_vpr.models.backbone import feature_settings, features_autocast_dtype
 from dinov2_vpr.models.build import build_head, build_trainable_model, load_trainable_state, trainable_state
 from dinov2_vpr.models.place_model import PlaceModel, backbone_blocks
 from dinov2_vpr.training.place_data import encode_trunk_tokens
+from dinov2_vpr.training.sharding import gather_strided
 
 # Images per forward pass when describing images in eval mode.
 DESCRIBE_BATCH = 4096
@@ -133,20 +135,23 @@ class TailOnTokens:
 
     def pooled(self, images: Tensor, batch_size: int) -> Tensor:
         """The head's inputs (the pooled tail tokens) of these images, in eval mode, on the CPU."""
-        return self._rows(self.module.pooled, images, batch_size)
+        return self._shared_rows(self.module.pooled, self.model.aggregator.output_dim, images, batch_size)
 
     def describe(self, images: Tensor, batch_size: int = 64) -> Tensor:
-        return self._rows(self.module, images, batch_size)
+        return self._shared_rows(self.module, self.model.output_dim, images, batch_size)
 
     @torch.no_grad()
-    def _rows(self, function: Callable[[Tensor], Tensor], images: Tensor, batch_size: int) -> Tensor:
+    def _shared_rows(self, function: Callable[[Tensor], Tensor], width: int, images: Tensor, batch_size: int) -> Tensor:
+        """``function`` of the images' tokens in eval mode, each rank computing a strided share; all rows on every rank."""
+        share = images[distributed.get_rank() :: distributed.get_world_size()]
         was_training = self.module.training
         self.module.eval()
         try:
-            batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
-            return torch.cat([function(self.inputs(batch)).cpu() for batch in batches])
+            batches = (share[i : i + batch_size] for i in range(0, len(share), batch_size))
+            rows = [function(self.inputs(batch)).cpu() for batch in batches]
         finally:
             self.module.train(was_training)
+        return gather_strided(torch.cat(rows) if rows else torch.zeros(0, width), len(images))
 
     def tail_parameters(self) -> list[nn.Parameter]:
         return [parameter for parameter in self.model.backbone.parameters() if parameter.requires_grad]

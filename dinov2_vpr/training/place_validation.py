@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from dinov2 import distributed
@@ -10,6 +9,7 @@ from dinov2_vpr.data.transforms import ImageTransform
 from dinov2_vpr.models.place_model import PlaceModel
 from dinov2_vpr.retrieval.recall import evaluate_retrieval
 from dinov2_vpr.training.place_data import LabelledImages, ValidationSet
+from dinov2_vpr.training.sharding import gather_strided
 
 RECALL_VALUES = (1, 5, 10)
 
@@ -18,21 +18,13 @@ def _describe(
     model: PlaceModel, dataset: LabelledImages, autocast_dtype: torch.dtype, batch_size: int, num_workers: int
 ) -> np.ndarray:
     """Every image's descriptor, each rank describing a strided share, on every rank."""
-    rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    rows = list(range(rank, len(dataset), world_size))
+    rows = list(range(distributed.get_rank(), len(dataset), distributed.get_world_size()))
     loader = DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size, num_workers=num_workers)
     device = next(model.parameters()).device
     with torch.inference_mode():
         parts = [model.describe(images.to(device), autocast_dtype).cpu() for images, _ in loader]
-    share = torch.cat(parts).numpy() if parts else np.zeros((0, model.output_dim), dtype=np.float32)
-    if world_size == 1:
-        return share
-    shares: list[np.ndarray | None] = [None] * world_size
-    dist.all_gather_object(shares, share)
-    descriptors = np.zeros((len(dataset), model.output_dim), dtype=np.float32)
-    for index, part in enumerate(shares):
-        descriptors[index::world_size] = part
-    return descriptors
+    share = torch.cat(parts) if parts else torch.zeros(0, model.output_dim)
+    return gather_strided(share, len(dataset)).numpy()
 
 
 def validate(
