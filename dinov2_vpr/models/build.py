@@ -94,7 +94,8 @@ def load_model_file(path: str | Path) -> dict:
 
 def trained_model_config(path: str | Path) -> DictConfig:
     """The settings a trained place model brings: its backbone (architecture, position grid), ``vpr.model``,
-    ``vpr.head`` (that of a model fine-tuned on pair lists) and preprocessing."""
+    ``vpr.head`` and preprocessing; a model fine-tuned on pair lists also its decision threshold
+    (``vpr.eval.threshold``, below the config file and the options)."""
     path = model_file_path(path).resolve()
     state = load_model_file(path)
     saved, preprocessing = OmegaConf.create(state["config"]), state["preprocessing"]
@@ -102,6 +103,8 @@ def trained_model_config(path: str | Path) -> DictConfig:
     data = {"image_size": list(preprocessing["size"]), "resize": preprocessing["resample"]}
     crops = {"global_crops_size": saved.crops.global_crops_size}  # sizes the position embedding
     vpr = {"model": model, "head": saved.vpr.head, "data": data}
+    if state.get("threshold") is not None:
+        vpr["eval"] = {"threshold": state["threshold"]}
     return OmegaConf.create({"student": saved.student, "crops": crops, "vpr": vpr})
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dinov2.utils.errors import InputError
-from dinov2_vpr.models.build import load_model_file
 from dinov2_vpr.models.files import HEAD_FILE, load_head_file
 
 # Settings a head was trained with that must hold for its inputs to mean the same thing.
@@ -77,16 +76,6 @@ def configure_descriptor(cfg: DictConfig, head: str | Path | None, zero_shot: st
     if pooling not in ZERO_SHOT_INPUTS:
         raise InputError(f"Zero-shot pooling {pooling!r} is unknown; choose one of {sorted(ZERO_SHOT_INPUTS)}")
     cfg.vpr.head.input = ZERO_SHOT_INPUTS[pooling]
-    return None
-
-
-def trained_threshold(cfg: DictConfig, head_state: dict | None) -> float | None:
-    """The loop-closure threshold chosen on validation pairs: the head file's, or that of the trained model
-    (``vpr.model.trained``) when it was fine-tuned on pair lists; None otherwise."""
-    if head_state is not None:
-        return head_state["threshold"]
-    if cfg.vpr.model.trained:
-        return load_model_file(cfg.vpr.model.trained).get("threshold")
     return None
 
 

@@ -21,7 +21,6 @@ from dinov2_vpr.data.image_table import index_pairs
 from dinov2_vpr.data.pairs import find_pair_lists, read_pair_lists
 from dinov2_vpr.features.descriptors import describe_image_files
 from dinov2_vpr.io import atomic_write_text
-from dinov2_vpr.models.descriptor_config import trained_threshold
 from dinov2_vpr.run.model_options import get_model_args_parser, model_description, setup_descriptor_run
 from dinov2_vpr.verification.evaluate import cosine_scores, evaluate_pair_list, format_table
 
@@ -44,7 +43,7 @@ def main(args: argparse.Namespace) -> dict:
     """Evaluate every list; write per-list files and ``metrics.json`` to ``args.output_dir``."""
     cfg, head_state = setup_descriptor_run(args)
     threshold = next(
-        (t for t in (args.threshold, cfg.vpr.eval.threshold, trained_threshold(cfg, head_state)) if t is not None),
+        (t for t in (args.threshold, cfg.vpr.eval.threshold, head_state and head_state["threshold"]) if t is not None),
         None,
     )
     if threshold is None:

@@ -34,7 +34,6 @@ from dinov2_vpr.loops.index import IndexSettings
 from dinov2_vpr.loops.online import OnlineLoopDetector
 from dinov2_vpr.loops.report import REPORT_FILE, format_loop_summary, write_loop_report
 from dinov2_vpr.loops.stream import STATE_FILE, StreamOptions, follow_folder
-from dinov2_vpr.models.descriptor_config import trained_threshold
 from dinov2_vpr.retrieval.search import INDEX_KINDS
 from dinov2_vpr.run.model_options import (
     get_model_args_parser,
@@ -116,8 +115,8 @@ def frame_names(image_paths: list[Path], source: str | Path) -> list[str]:
 
 
 def _threshold(args: argparse.Namespace, cfg, head_state: dict | None) -> float:
-    """``--threshold``, else ``vpr.eval.threshold``, else the head's (or trained model's) validation threshold."""
-    candidates = (args.threshold, cfg.vpr.eval.threshold, trained_threshold(cfg, head_state))
+    """``--threshold``, else ``vpr.eval.threshold`` (a pair-list model's, ``--model``), else the head's validation threshold."""
+    candidates = (args.threshold, cfg.vpr.eval.threshold, head_state and head_state["threshold"])
     threshold = next((value for value in candidates if value is not None), None)
     if threshold is None:
         raise InputError("zero-shot loop detection needs --threshold (a cosine similarity) or vpr.eval.threshold")
