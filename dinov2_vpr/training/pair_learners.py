@@ -17,12 +17,11 @@ from torch import Tensor, nn
 from dinov2 import distributed
 from dinov2.utils.utils import fix_random_seeds
 from dinov2_vpr.data.transforms import image_transform
-from dinov2_vpr.features.pipeline import cache_root
 from dinov2_vpr.features.token_cache import TokenCache
-from dinov2_vpr.models.backbone import feature_settings, features_autocast_dtype
+from dinov2_vpr.models.backbone import features_autocast_dtype
 from dinov2_vpr.models.build import build_head, build_trainable_model, load_trainable_state, trainable_state
-from dinov2_vpr.models.place_model import PlaceModel, backbone_blocks
-from dinov2_vpr.training.place_data import encode_trunk_tokens
+from dinov2_vpr.models.place_model import PlaceModel
+from dinov2_vpr.training.place_data import cached_trunk_tokens
 from dinov2_vpr.training.sharding import gather_strided
 
 # Images per forward pass when describing images in eval mode.
@@ -178,18 +177,8 @@ def tail_learner(
     transform = image_transform(cfg)
     device = next(model.parameters()).device
     autocast_dtype = features_autocast_dtype(cfg, device)
-    block_index = len(backbone_blocks(model.backbone)) - model.trainable_blocks
-    settings = feature_settings(cfg, pretrained_weights, transform, autocast_dtype)
-    cache = TokenCache(cache_root(cfg, output_dir), settings, block_index, cfg.vpr.train.trunk_cache_dtype)
-    identities = encode_trunk_tokens(
-        model,
-        image_paths,
-        cache,
-        transform,
-        autocast_dtype,
-        cfg.vpr.features.batch_size,
-        cfg.vpr.data.num_workers,
-        cfg.vpr.features.chunk_size,
+    cache, identities = cached_trunk_tokens(
+        cfg, model, image_paths, transform, autocast_dtype, pretrained_weights, output_dir
     )
     grid = (transform.size[0] // model.backbone.patch_size, transform.size[1] // model.backbone.patch_size)
     learner = TailOnTokens(model, cache, identities, grid, autocast_dtype)

@@ -17,8 +17,10 @@ from dinov2_vpr.data.images import list_images
 from dinov2_vpr.data.positions import utm_positions
 from dinov2_vpr.data.transforms import ImageTransform, load_image
 from dinov2_vpr.features.cache import image_identity
+from dinov2_vpr.features.pipeline import cache_root
 from dinov2_vpr.features.token_cache import TokenCache
-from dinov2_vpr.models.place_model import PlaceModel
+from dinov2_vpr.models.backbone import feature_settings
+from dinov2_vpr.models.place_model import PlaceModel, backbone_blocks
 
 logger = logging.getLogger("dinov2")
 
@@ -60,17 +62,21 @@ def read_validation_folder(folder: str | Path) -> ValidationSet:
     return ValidationSet(database, queries, utm_positions(database), utm_positions(queries))
 
 
-def encode_trunk_tokens(
+def cached_trunk_tokens(
+    cfg: DictConfig,
     model: PlaceModel,
     paths: Sequence[Path],
-    cache: TokenCache,
     transform: ImageTransform,
     autocast_dtype: torch.dtype,
-    batch_size: int,
-    num_workers: int,
-    chunk_size: int,
-) -> list[str]:
-    """Encode the trunk tokens of the images ``cache`` lacks (the ranks share them); returns every image's identity."""
+    pretrained_weights: str | None,
+    output_dir: str | Path,
+) -> tuple[TokenCache, list[str]]:
+    """The token cache of ``model``'s trunk (keyed as the feature cache, plus the block index and
+    ``vpr.train.trunk_cache_dtype``) with every image of ``paths``, encoding those it lacks (the ranks
+    share them); and every image's identity, its key in the cache."""
+    block_index = len(backbone_blocks(model.backbone)) - model.trainable_blocks
+    settings = feature_settings(cfg, pretrained_weights, transform, autocast_dtype)
+    cache = TokenCache(cache_root(cfg, output_dir), settings, block_index, cfg.vpr.train.trunk_cache_dtype)
     identities = [image_identity(path) for path in paths]
     by_identity = dict(zip(identities, paths, strict=True))
     distributed.barrier()  # every rank has decided what is missing before any writes
@@ -80,8 +86,8 @@ def encode_trunk_tokens(
     device = next(model.parameters()).device
     loader = DataLoader(
         LabelledImages([by_identity[identity] for identity in shard], range(len(shard)), transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
+        batch_size=cfg.vpr.features.batch_size,
+        num_workers=cfg.vpr.data.num_workers,
     )
     tokens: list[Tensor] = []
     done = pending = 0
@@ -89,12 +95,12 @@ def encode_trunk_tokens(
         with torch.inference_mode(), torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype != torch.float):
             tokens.append(model.forward_trunk(images.to(device)).cpu())
         pending += len(images)
-        if pending >= chunk_size or done + pending == len(shard):
+        if pending >= cfg.vpr.features.chunk_size or done + pending == len(shard):
             cache.write_chunk(shard[done : done + pending], torch.cat(tokens))
             done, pending, tokens = done + pending, 0, []
     distributed.barrier()
     cache.refresh()
-    return identities
+    return cache, identities
 
 
 def validation_transform(cfg: DictConfig) -> ImageTransform:

@@ -27,17 +27,15 @@ from dinov2 import distributed
 from dinov2_vpr.data.augment import TrainAugmentation
 from dinov2_vpr.data.places import Places
 from dinov2_vpr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, image_transform
-from dinov2_vpr.features.pipeline import cache_root
-from dinov2_vpr.features.token_cache import TokenCache
-from dinov2_vpr.models.backbone import feature_settings, features_autocast_dtype
+from dinov2_vpr.models.backbone import features_autocast_dtype
 from dinov2_vpr.models.batch_dropout import global_batch_dropout
 from dinov2_vpr.models.build import load_trainable_state, trainable_state
-from dinov2_vpr.models.place_model import PlaceModel, backbone_blocks
+from dinov2_vpr.models.place_model import PlaceModel
 from dinov2_vpr.training.checkpoints import Checkpointer
 from dinov2_vpr.training.place_data import (
     LabelledImages,
     ValidationSet,
-    encode_trunk_tokens,
+    cached_trunk_tokens,
     validation_transform,
 )
 from dinov2_vpr.training.place_losses import MultiSimilarityLoss
@@ -86,18 +84,8 @@ class _TrainInputs:
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         if self.cached:
-            block_index = len(backbone_blocks(model.backbone)) - model.trainable_blocks
-            settings = feature_settings(cfg, pretrained_weights, transform, autocast_dtype)
-            self.cache = TokenCache(cache_root(cfg, output_dir), settings, block_index, train_cfg.trunk_cache_dtype)
-            self.identities = encode_trunk_tokens(
-                model,
-                places.images,
-                self.cache,
-                transform,
-                autocast_dtype,
-                cfg.vpr.features.batch_size,
-                cfg.vpr.data.num_workers,
-                cfg.vpr.features.chunk_size,
+            self.cache, self.identities = cached_trunk_tokens(
+                cfg, model, places.images, transform, autocast_dtype, pretrained_weights, output_dir
             )
         else:
             dataset = LabelledImages(places.images, places.labels, transform)
