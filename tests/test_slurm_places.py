@@ -14,17 +14,15 @@ import pytest
 import torch
 
 from tests import test_place_training as place_training
-from tests.test_slurm_cluster import wait_until
 from tests.test_slurm_vpr import (
     CPU_JOB,
-    EPOCHS_BEFORE_SIGNAL,
-    JOB_TIMEOUT_S,
+    assert_requeued_and_resumed_once,
     last_saved_epoch,
     requires_two_cpus,
+    run_interrupted_training,
     submit,
     wait_for_job,
 )
-from tests.tiny_vpr import RESUMED_AT, SAVED_EPOCH
 
 if TYPE_CHECKING:
     from tests.slurm_cluster import LocalSlurmCluster
@@ -91,33 +89,12 @@ def test_interrupted_place_training_is_requeued_resumes_and_trains_the_model_of_
     output_dir = tmp_path / "interrupted"
     opts = (f"vpr.train.epochs={INTERRUPTED_EPOCHS}", *OPTS[1:])
     argv = place_training._argv(data, "salad", output_dir, *opts)
-    job_id = submit("dinov2_vpr.run.train", ["--slurm", *CPU_JOB, "--partition", slurm_cluster.partition, *argv])
-    wait_until(
-        lambda: last_saved_epoch(output_dir) >= EPOCHS_BEFORE_SIGNAL - 1,
-        JOB_TIMEOUT_S,
-        "the first epochs",
-        slurm_cluster,
-    )
-    # What SLURM sends signal_delay_s before the time limit: USR2 to the job's tasks.
-    signalled = slurm_cluster.run_client("scancel", "--signal=USR2", job_id)
-    assert signalled.returncode == 0, signalled.stderr
-    results = wait_for_job(slurm_cluster, output_dir, job_id)
+    job_id, results = run_interrupted_training(slurm_cluster, argv, output_dir)
 
-    task_log = (output_dir / "submitit" / f"{job_id}_0_log.out").read_text()
-    assert "this job is timed-out" in task_log and f"Requeued job {job_id}" in task_log, task_log
-    log = (output_dir / "logs" / "log.txt").read_text()
-    resumed = RESUMED_AT.findall(log)
-    assert len(resumed) == 1, f"expected one resume, found {resumed}"
-    resumed_from, resumed_at = int(resumed[0][0]), int(resumed[0][1])
-    before, after = log.split("Resuming from", 1)
-    # The second run went on from the last checkpoint of the first and trained each later epoch once.
-    # The signal may land between a checkpoint's write and its log line: the checkpoint then counts.
-    last_logged = int(SAVED_EPOCH.findall(before)[-1])
-    assert resumed_at == resumed_from + 1 and resumed_from in (last_logged, last_logged + 1)
-    assert EPOCHS_BEFORE_SIGNAL <= resumed_at < INTERRUPTED_EPOCHS, "the signal must reach the job while it trains"
-    assert [int(epoch) for epoch in SAVED_EPOCH.findall(after)] == list(range(resumed_at, INTERRUPTED_EPOCHS))
+    assert_requeued_and_resumed_once(output_dir, job_id, INTERRUPTED_EPOCHS)
     assert len(results) == 2 and without_timings(results[0]) == without_timings(results[1])
     # The requeued job read the trunk tokens the first one had cached.
+    log = (output_dir / "logs" / "log.txt").read_text()
     assert re.findall(r"Trunk tokens: (\d+) of", log)[1:] == ["0"], log
 
     # One process here, on the trunk tokens the SLURM run cached, trains the same model without a break.

@@ -80,6 +80,35 @@ def last_saved_epoch(run_dir: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
+def run_interrupted_training(cluster: LocalSlurmCluster, options: list[str], output_dir: Path) -> tuple[str, list]:
+    """Submit ``dinov2_vpr.run.train options`` as 2 CPU tasks, send it USR2 (what SLURM sends before the time
+    limit) once ``EPOCHS_BEFORE_SIGNAL`` epochs are saved, and wait for it to end; its job id and task results."""
+    job_id = submit("dinov2_vpr.run.train", ["--slurm", *CPU_JOB, "--partition", cluster.partition, *options])
+    wait_until(
+        lambda: last_saved_epoch(output_dir) >= EPOCHS_BEFORE_SIGNAL - 1, JOB_TIMEOUT_S, "the first epochs", cluster
+    )
+    signalled = cluster.run_client("scancel", "--signal=USR2", job_id)
+    assert signalled.returncode == 0, signalled.stderr
+    return job_id, wait_for_job(cluster, output_dir, job_id)
+
+
+def assert_requeued_and_resumed_once(output_dir: Path, job_id: str, epochs: int) -> None:
+    """The job signalled after ``EPOCHS_BEFORE_SIGNAL`` epochs was requeued by submitit, resumed once from the last
+    checkpoint of its first run, and trained each later epoch of ``epochs`` once."""
+    task_log = (output_dir / "submitit" / f"{job_id}_0_log.out").read_text()
+    assert "this job is timed-out" in task_log and f"Requeued job {job_id}" in task_log, task_log
+    log = (output_dir / "logs" / "log.txt").read_text()
+    resumed = RESUMED_AT.findall(log)
+    assert len(resumed) == 1, f"expected one resume, found {resumed}"
+    resumed_from, resumed_at = int(resumed[0][0]), int(resumed[0][1])
+    before, after = log.split("Resuming from", 1)
+    # The signal may land between a checkpoint's write and its log line: the checkpoint then counts.
+    last_logged = int(SAVED_EPOCH.findall(before)[-1])
+    assert resumed_at == resumed_from + 1 and resumed_from in (last_logged, last_logged + 1)
+    assert EPOCHS_BEFORE_SIGNAL <= resumed_at < epochs, "the signal must reach the job while it trains"
+    assert [int(epoch) for epoch in SAVED_EPOCH.findall(after)] == list(range(resumed_at, epochs))
+
+
 def requires_two_cpus(cluster: LocalSlurmCluster) -> None:
     if cluster.cpus < 2:
         pytest.skip(f"two CPU tasks need two CPUs; this machine has {cluster.cpus}")
@@ -138,34 +167,8 @@ def test_interrupted_training_is_requeued_resumes_and_ends_with_the_same_head(
     slurm_cluster: LocalSlurmCluster, dataset: dict, uninterrupted_run: dict, tmp_path: Path
 ) -> None:
     output_dir = tmp_path / "interrupted"
-    job_id = submit(
-        "dinov2_vpr.run.train",
-        ["--slurm", *CPU_JOB, "--partition", slurm_cluster.partition, *training_options(dataset, output_dir, EPOCHS)],
-    )
-    wait_until(
-        lambda: last_saved_epoch(output_dir) >= EPOCHS_BEFORE_SIGNAL - 1,
-        JOB_TIMEOUT_S,
-        "the first epochs",
-        slurm_cluster,
-    )
-    # What SLURM sends signal_delay_s before the time limit: USR2 to the job's tasks.
-    signalled = slurm_cluster.run_client("scancel", "--signal=USR2", job_id)
-    assert signalled.returncode == 0, signalled.stderr
-    wait_for_job(slurm_cluster, output_dir, job_id)
-
-    task_log = (output_dir / "submitit" / f"{job_id}_0_log.out").read_text()
-    assert "this job is timed-out" in task_log and f"Requeued job {job_id}" in task_log, task_log
-    log = (output_dir / "logs" / "log.txt").read_text()
-    resumed = RESUMED_AT.findall(log)
-    assert len(resumed) == 1, f"expected one resume, found {resumed}"
-    resumed_from, resumed_at = int(resumed[0][0]), int(resumed[0][1])
-    before, after = log.split("Resuming from", 1)
-    # The second run went on from the last checkpoint of the first and trained each later epoch once.
-    # The signal may land between a checkpoint's write and its log line: the checkpoint then counts.
-    last_logged = int(SAVED_EPOCH.findall(before)[-1])
-    assert resumed_at == resumed_from + 1 and resumed_from in (last_logged, last_logged + 1)
-    assert EPOCHS_BEFORE_SIGNAL <= resumed_at < EPOCHS, "the signal must reach the job while it trains"
-    assert [int(epoch) for epoch in SAVED_EPOCH.findall(after)] == list(range(resumed_at, EPOCHS))
+    job_id, _ = run_interrupted_training(slurm_cluster, training_options(dataset, output_dir, EPOCHS), output_dir)
+    assert_requeued_and_resumed_once(output_dir, job_id, EPOCHS)
 
     assert_same_heads(
         load_heads(output_dir, EPOCHS), load_heads(uninterrupted_run["output_dir"], EPOCHS), atol=1e-6, rtol=1e-5
